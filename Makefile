@@ -1,0 +1,25 @@
+# omerofs — two commands do everything on a fresh Debian machine (as root):
+#   make run    install what is missing, build a demo repository, mount its view
+#   make test   install what is missing, lint, run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REPO ?= var/repo
+VIEW ?= mnt/view
+
+.PHONY: run test deps lint clean
+
+deps:
+	@bash tools/install-deps.sh $(VENV)
+
+run: deps
+	$(PY) -m omerofs.demo --repo $(REPO) --mount $(VIEW)
+
+lint: deps
+	$(PY) -m ruff check omerofs tests tools
+
+test: deps lint
+	$(PY) -m pytest -q tests
+
+clean:
+	-@for m in $(VIEW); do fusermount3 -u $$m 2>/dev/null || true; done
+	rm -rf var mnt .pytest_cache

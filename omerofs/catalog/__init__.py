@@ -1,0 +1,1 @@
+"""Catalog backends: what OMERO knows about users, groups, filesets and containers."""

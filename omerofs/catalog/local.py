@@ -1,0 +1,484 @@
+"""The embedded catalog: one SQLite file (WAL mode) modelling what OMERO models.
+
+All SQL of the embedded backend lives here. Every change also appends a row to
+``events`` (like OMERO's EventLog) so that mounted views can follow changes made by
+other processes (``omerofs import``, the ingest daemon) without rescanning.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from omerofs.catalog.protocol import (
+    Changes,
+    Container,
+    Event,
+    Experimenter,
+    Fileset,
+    FilesetEntry,
+    Group,
+    Image,
+    ImportRecord,
+    Membership,
+    Snapshot,
+)
+from omerofs.errors import AlreadyExists, NotFound, UsageError
+from omerofs.identity import PermissionLevel
+
+SCHEMA_VERSION = 1
+ROOT_ID = 0
+SYSTEM_GROUP_ID = 0
+FIRST_USER_ID = 2  # OMERO: 0 is root, 1 is guest
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE groups (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    level TEXT NOT NULL CHECK (level IN ('private','read-only','read-annotate','read-write')),
+    gid INTEGER NOT NULL UNIQUE
+);
+CREATE TABLE experimenters (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    uid INTEGER NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    default_group_id INTEGER REFERENCES groups(id)
+);
+CREATE TABLE memberships (
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    experimenter_id INTEGER NOT NULL REFERENCES experimenters(id),
+    owner INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, experimenter_id)
+);
+CREATE TABLE projects (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner_id INTEGER NOT NULL REFERENCES experimenters(id),
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    created REAL NOT NULL
+);
+CREATE TABLE datasets (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner_id INTEGER NOT NULL REFERENCES experimenters(id),
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    created REAL NOT NULL
+);
+CREATE TABLE project_dataset (
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    PRIMARY KEY (project_id, dataset_id)
+);
+CREATE TABLE filesets (
+    id INTEGER PRIMARY KEY,
+    owner_id INTEGER NOT NULL REFERENCES experimenters(id),
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    template_prefix TEXT NOT NULL UNIQUE,
+    transfer TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE fileset_entries (
+    fileset_id INTEGER NOT NULL REFERENCES filesets(id),
+    idx INTEGER NOT NULL,
+    client_path TEXT NOT NULL,
+    path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    hasher TEXT NOT NULL,
+    mimetype TEXT NOT NULL,
+    PRIMARY KEY (fileset_id, idx),
+    UNIQUE (path, name)
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    fileset_id INTEGER NOT NULL REFERENCES filesets(id),
+    series INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    size_x INTEGER NOT NULL, size_y INTEGER NOT NULL, size_z INTEGER NOT NULL,
+    size_c INTEGER NOT NULL, size_t INTEGER NOT NULL,
+    pixel_type TEXT NOT NULL
+);
+CREATE INDEX images_fileset ON images(fileset_id);
+CREATE TABLE dataset_image (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    PRIMARY KEY (dataset_id, image_id)
+);
+CREATE INDEX dataset_image_image ON dataset_image(image_id);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    entity TEXT NOT NULL,
+    entity_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    time REAL NOT NULL
+);
+"""
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or "/" in name or "\0" in name or name in (".", "..") or name != name.strip():
+        raise UsageError(f"invalid {kind} name {name!r}")
+
+
+class LocalCatalog:
+    """SQLite-backed catalog; safe to share between threads (one lock, one connection)."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise NotFound(f"catalog {self.path} does not exist")
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        if create:
+            self._create()
+        else:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise UsageError(f"catalog {self.path} has an unsupported schema")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, entity: str, entity_id: int, action: str) -> None:
+        db.execute(
+            "INSERT INTO events (entity, entity_id, action, time) VALUES (?, ?, ?, ?)",
+            (entity, entity_id, action, time.time()),
+        )
+
+    def _create(self) -> None:
+        with self._lock:
+            self._db.executescript(
+                "BEGIN IMMEDIATE;"
+                + _SCHEMA
+                + f"INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}');"
+                + f"INSERT INTO groups VALUES ({SYSTEM_GROUP_ID}, 'system', 'private', 0);"
+                + f"INSERT INTO experimenters VALUES ({ROOT_ID}, 'root', 0, 1, {SYSTEM_GROUP_ID});"
+                + f"INSERT INTO memberships VALUES ({SYSTEM_GROUP_ID}, {ROOT_ID}, 1);"
+                + "COMMIT;"
+            )
+
+    # -- people and groups ---------------------------------------------------------
+
+    def add_group(self, name: str, level: PermissionLevel, gid: int) -> Group:
+        _check_name("group", name)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM groups WHERE name=?", (name,)).fetchone():
+                raise AlreadyExists(f"group {name!r} already exists")
+            if db.execute("SELECT name FROM groups WHERE gid=?", (gid,)).fetchone():
+                raise AlreadyExists(f"gid {gid} is already mapped to another group")
+            cur = db.execute(
+                "INSERT INTO groups (name, level, gid) VALUES (?, ?, ?)", (name, level.label, gid)
+            )
+            group_id = int(cur.lastrowid)
+            self._event(db, "ExperimenterGroup", group_id, "INSERT")
+        return Group(group_id, name, level, gid)
+
+    def add_experimenter(
+        self, name: str, uid: int, *, admin: bool = False, default_group: str | None = None
+    ) -> Experimenter:
+        _check_name("user", name)
+        if uid < 0:
+            raise UsageError(f"uid must not be negative: {uid}")
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM experimenters WHERE name=?", (name,)).fetchone():
+                raise AlreadyExists(f"user {name!r} already exists")
+            row = db.execute("SELECT name FROM experimenters WHERE uid=?", (uid,)).fetchone()
+            if row:
+                raise AlreadyExists(f"uid {uid} is already mapped to user {row[0]!r}")
+            group_id = None
+            if default_group is not None:
+                group_id = self._group_id(db, default_group)
+            (max_id,) = db.execute("SELECT max(id) FROM experimenters").fetchone()
+            new_id = max(FIRST_USER_ID, (max_id or 0) + 1)
+            db.execute(
+                "INSERT INTO experimenters VALUES (?, ?, ?, ?, ?)",
+                (new_id, name, uid, int(admin), group_id),
+            )
+            if group_id is not None:
+                db.execute("INSERT INTO memberships VALUES (?, ?, 0)", (group_id, new_id))
+            self._event(db, "Experimenter", new_id, "INSERT")
+        return Experimenter(new_id, name, uid, admin, group_id)
+
+    def add_member(self, group: str, user: str, *, owner: bool = False) -> Membership:
+        with self._transaction() as db:
+            group_id = self._group_id(db, group)
+            user_id = self._experimenter_id(db, user)
+            row = db.execute(
+                "SELECT owner FROM memberships WHERE group_id=? AND experimenter_id=?",
+                (group_id, user_id),
+            ).fetchone()
+            if row is not None and bool(row[0]) == owner:
+                raise AlreadyExists(f"{user!r} is already a{'n owner' if owner else ' member'} of {group!r}")
+            db.execute(
+                "INSERT OR REPLACE INTO memberships VALUES (?, ?, ?)", (group_id, user_id, int(owner))
+            )
+            db.execute(
+                "UPDATE experimenters SET default_group_id=? WHERE id=? AND default_group_id IS NULL",
+                (group_id, user_id),
+            )
+            self._event(db, "GroupExperimenterMap", user_id, "UPDATE" if row else "INSERT")
+        return Membership(group_id, user_id, owner)
+
+    @staticmethod
+    def _group_id(db: sqlite3.Connection, name: str) -> int:
+        row = db.execute("SELECT id FROM groups WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such group {name!r}")
+        return int(row[0])
+
+    @staticmethod
+    def _experimenter_id(db: sqlite3.Connection, name: str) -> int:
+        row = db.execute("SELECT id FROM experimenters WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such user {name!r}")
+        return int(row[0])
+
+    def experimenter_by_name(self, name: str) -> Experimenter:
+        rows = self._query("SELECT * FROM experimenters WHERE name=?", (name,))
+        if not rows:
+            raise NotFound(f"no such user {name!r}")
+        return _experimenter(rows[0])
+
+    def group_by_name(self, name: str) -> Group:
+        rows = self._query("SELECT * FROM groups WHERE name=?", (name,))
+        if not rows:
+            raise NotFound(f"no such group {name!r}")
+        return _group(rows[0])
+
+    def group_by_id(self, group_id: int) -> Group:
+        rows = self._query("SELECT * FROM groups WHERE id=?", (group_id,))
+        if not rows:
+            raise NotFound(f"no such group id {group_id}")
+        return _group(rows[0])
+
+    def experimenter_by_uid(self, uid: int) -> Experimenter | None:
+        rows = self._query("SELECT * FROM experimenters WHERE uid=?", (uid,))
+        return _experimenter(rows[0]) if rows else None
+
+    def memberships_of(self, experimenter_id: int) -> list[Membership]:
+        rows = self._query(
+            "SELECT group_id, experimenter_id, owner FROM memberships WHERE experimenter_id=?",
+            (experimenter_id,),
+        )
+        return [Membership(g, e, bool(o)) for g, e, o in rows]
+
+    def used_gids(self) -> set[int]:
+        return {gid for (gid,) in self._query("SELECT gid FROM groups")}
+
+    # -- reading for the view ------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Read everything at one consistent point (one read transaction)."""
+        with self._read() as db:
+            snap = self._read_meta(db)
+            for fs in self._read_filesets(db, "", ()):
+                snap.filesets[fs.id] = fs
+            return snap
+
+    def changes(self, since: int) -> Changes | None:
+        """Events after ``since`` with the people, groups and containers as they are now
+        and the filesets those events created; None when nothing happened."""
+        with self._read() as db:
+            (last,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+            if last <= since:
+                return None
+            events = [Event(*row) for row in db.execute(
+                "SELECT id, entity, entity_id, action FROM events WHERE id>? ORDER BY id",
+                (since,))]
+            meta = self._read_meta(db)
+            ids = sorted({e.entity_id for e in events if e.entity == "Fileset"})
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                where = f"WHERE f.id IN ({','.join('?' * len(part))})"
+                for fs in self._read_filesets(db, where, tuple(part)):
+                    meta.filesets[fs.id] = fs
+            return Changes(events, meta)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    @staticmethod
+    def _read_meta(db: sqlite3.Connection) -> Snapshot:
+        (event_id,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        snap = Snapshot(event_id=event_id)
+        for row in db.execute("SELECT * FROM experimenters"):
+            snap.experimenters[row[0]] = _experimenter(row)
+        for row in db.execute("SELECT * FROM groups"):
+            snap.groups[row[0]] = _group(row)
+        snap.memberships = [
+            Membership(g, e, bool(o)) for g, e, o in db.execute("SELECT * FROM memberships")
+        ]
+        for row in db.execute("SELECT id, name, owner_id, group_id FROM projects"):
+            snap.projects[row[0]] = Container(*row)
+        for row in db.execute("SELECT id, name, owner_id, group_id FROM datasets"):
+            snap.datasets[row[0]] = Container(*row)
+        snap.project_dataset = list(db.execute("SELECT project_id, dataset_id FROM project_dataset"))
+        return snap
+
+    @staticmethod
+    def _read_filesets(db: sqlite3.Connection, where: str, params: tuple) -> list[Fileset]:
+        entries: dict[int, list[FilesetEntry]] = defaultdict(list)
+        for row in db.execute(
+            "SELECT e.fileset_id, e.idx, e.client_path, e.path, e.name, e.size, e.hash, "
+            f"e.hasher, e.mimetype FROM fileset_entries e JOIN filesets f ON f.id=e.fileset_id "
+            f"{where} ORDER BY e.fileset_id, e.idx",
+            params,
+        ):
+            entries[row[0]].append(FilesetEntry(*row[1:]))
+        datasets: dict[int, set[int]] = defaultdict(set)
+        images: dict[int, int] = defaultdict(int)
+        for fileset_id, dataset_id in db.execute(
+            "SELECT i.fileset_id, di.dataset_id FROM images i JOIN filesets f ON f.id=i.fileset_id "
+            f"LEFT JOIN dataset_image di ON di.image_id=i.id {where}",
+            params,
+        ):
+            images[fileset_id] += 1
+            if dataset_id is not None:
+                datasets[fileset_id].add(dataset_id)
+        return [
+            Fileset(
+                id=row[0], owner_id=row[1], group_id=row[2], template_prefix=row[3],
+                transfer=row[4], created=row[5], entries=tuple(entries[row[0]]),
+                dataset_ids=tuple(sorted(datasets[row[0]])), image_count=images[row[0]],
+            )
+            for row in db.execute(f"SELECT * FROM filesets f {where} ORDER BY f.id", params)
+        ]
+
+    def fileset(self, fileset_id: int) -> Fileset:
+        with self._lock:
+            found = self._read_filesets(self._db, "WHERE f.id=?", (fileset_id,))
+        if not found:
+            raise NotFound(f"no such fileset {fileset_id}")
+        return found[0]
+
+    def images_of(self, fileset_id: int) -> list[Image]:
+        rows = self._query("SELECT * FROM images WHERE fileset_id=? ORDER BY series", (fileset_id,))
+        return [Image(*row) for row in rows]
+
+    def last_event_id(self) -> int:
+        return int(self._query("SELECT coalesce(max(id), 0) FROM events")[0][0])
+
+    # -- writing an import ---------------------------------------------------------
+
+    def record_import(self, record: ImportRecord) -> Fileset:
+        """Resolve/create the target, then record fileset, files and images atomically."""
+        with self._transaction() as db:
+            member = db.execute(
+                "SELECT 1 FROM memberships WHERE group_id=? AND experimenter_id=?",
+                (record.group_id, record.owner_id),
+            ).fetchone()
+            if member is None:
+                raise UsageError("the importing user is not a member of the import group")
+            dataset_id = None
+            if record.dataset_name is not None:
+                dataset_id = self._resolve_target(db, record)
+            cur = db.execute(
+                "INSERT INTO filesets (owner_id, group_id, template_prefix, transfer, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.owner_id, record.group_id, record.template_prefix, record.transfer,
+                 record.created),
+            )
+            fileset_id = int(cur.lastrowid)
+            db.executemany(
+                "INSERT INTO fileset_entries VALUES (?, ?, ?, ?, ?, ?, ?, 'SHA1-160', ?)",
+                [
+                    (fileset_id, i, f.client_path, f.path, f.name, f.size, f.sha1, f.mimetype)
+                    for i, f in enumerate(record.files)
+                ],
+            )
+            for img in record.images:
+                cur = db.execute(
+                    "INSERT INTO images (fileset_id, series, name, size_x, size_y, size_z, "
+                    "size_c, size_t, pixel_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (fileset_id, img.series, img.name, img.size_x, img.size_y, img.size_z,
+                     img.size_c, img.size_t, img.pixel_type),
+                )
+                if dataset_id is not None:
+                    db.execute("INSERT INTO dataset_image VALUES (?, ?)", (dataset_id, cur.lastrowid))
+            self._event(db, "Fileset", fileset_id, "INSERT")
+            return self._read_filesets(db, "WHERE f.id=?", (fileset_id,))[0]
+
+    def _resolve_target(self, db: sqlite3.Connection, record: ImportRecord) -> int:
+        """Find the newest matching Project/Dataset of the user in the group, or create it
+        (OMERO's ``-T`` with the default ``+`` qualifier)."""
+        now = time.time()
+        owner, group = record.owner_id, record.group_id
+
+        def newest(table: str, name: str, extra: str = "", params: tuple = ()) -> int | None:
+            row = db.execute(
+                f"SELECT t.id FROM {table} t {extra} WHERE t.name=? AND t.owner_id=? "
+                "AND t.group_id=? ORDER BY t.id DESC LIMIT 1",
+                (*params, name, owner, group),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        def create(table: str, entity: str, name: str) -> int:
+            cur = db.execute(
+                f"INSERT INTO {table} (name, owner_id, group_id, created) VALUES (?, ?, ?, ?)",
+                (name, owner, group, now),
+            )
+            self._event(db, entity, int(cur.lastrowid), "INSERT")
+            return int(cur.lastrowid)
+
+        assert record.dataset_name is not None
+        if record.project_name is None:
+            found = newest("datasets", record.dataset_name)
+            return found if found is not None else create("datasets", "Dataset", record.dataset_name)
+        project_id = newest("projects", record.project_name)
+        if project_id is None:
+            project_id = create("projects", "Project", record.project_name)
+        found = newest(
+            "datasets", record.dataset_name,
+            "JOIN project_dataset pd ON pd.dataset_id=t.id AND pd.project_id=?", (project_id,),
+        )
+        if found is not None:
+            return found
+        dataset_id = create("datasets", "Dataset", record.dataset_name)
+        db.execute("INSERT INTO project_dataset VALUES (?, ?)", (project_id, dataset_id))
+        return dataset_id
+
+
+def _experimenter(row: tuple) -> Experimenter:
+    return Experimenter(row[0], row[1], row[2], bool(row[3]), row[4])
+
+
+def _group(row: tuple) -> Group:
+    return Group(row[0], row[1], PermissionLevel.parse(row[2]), row[3])

@@ -1,0 +1,183 @@
+"""Records and the protocol every catalog backend implements.
+
+The view and the import engine only talk to this protocol, so the embedded SQLite
+backend (``local``) and the OMERO-server backend are interchangeable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from omerofs.identity import PermissionLevel
+
+
+@dataclass(frozen=True)
+class Experimenter:
+    id: int
+    name: str
+    uid: int
+    admin: bool
+    default_group_id: int | None
+
+
+@dataclass(frozen=True)
+class Group:
+    id: int
+    name: str
+    level: PermissionLevel
+    gid: int
+
+
+@dataclass(frozen=True)
+class Membership:
+    group_id: int
+    experimenter_id: int
+    owner: bool
+
+
+@dataclass(frozen=True)
+class Container:
+    """A Project or a Dataset."""
+
+    id: int
+    name: str
+    owner_id: int
+    group_id: int
+
+
+@dataclass(frozen=True)
+class FilesetEntry:
+    """One OriginalFile of a fileset; on disk at ``ManagedRepository/path/name``."""
+
+    index: int
+    client_path: str
+    path: str
+    name: str
+    size: int
+    hash: str
+    hasher: str
+    mimetype: str
+
+    @property
+    def repo_path(self) -> str:
+        return self.path + self.name
+
+
+@dataclass(frozen=True)
+class Image:
+    id: int
+    fileset_id: int
+    series: int
+    name: str
+    size_x: int
+    size_y: int
+    size_z: int
+    size_c: int
+    size_t: int
+    pixel_type: str
+
+
+@dataclass(frozen=True)
+class Fileset:
+    id: int
+    owner_id: int
+    group_id: int
+    template_prefix: str
+    transfer: str
+    created: float
+    entries: tuple[FilesetEntry, ...]
+    dataset_ids: tuple[int, ...] = ()
+    image_count: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change, like a row of OMERO's EventLog (entity type, id, action)."""
+
+    id: int
+    entity: str
+    entity_id: int
+    action: str
+
+
+@dataclass
+class Snapshot:
+    """Everything the view needs, read consistently at one event id."""
+
+    event_id: int
+    experimenters: dict[int, Experimenter] = field(default_factory=dict)
+    groups: dict[int, Group] = field(default_factory=dict)
+    memberships: list[Membership] = field(default_factory=list)
+    projects: dict[int, Container] = field(default_factory=dict)
+    datasets: dict[int, Container] = field(default_factory=dict)
+    project_dataset: list[tuple[int, int]] = field(default_factory=list)
+    filesets: dict[int, Fileset] = field(default_factory=dict)
+
+
+@dataclass
+class Changes:
+    """What happened since an event id: the events, the current people, groups and
+    containers, and (in ``snapshot.filesets``) only the filesets those events created."""
+
+    events: list[Event]
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class PlacedFile:
+    """A file the importer placed and verified, ready to be recorded."""
+
+    client_path: str
+    path: str
+    name: str
+    size: int
+    sha1: str
+    mimetype: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    series: int
+    name: str
+    size_x: int
+    size_y: int
+    size_z: int
+    size_c: int
+    size_t: int
+    pixel_type: str
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    """Everything one verified import writes to the catalog in one transaction."""
+
+    owner_id: int
+    group_id: int
+    template_prefix: str
+    transfer: str
+    created: float
+    files: tuple[PlacedFile, ...]
+    images: tuple[ImageInfo, ...]
+    project_name: str | None = None
+    dataset_name: str | None = None
+
+
+class Catalog(Protocol):
+    """What omerofs needs from a catalog, whichever backend holds it."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def changes(self, since: int) -> Changes | None: ...
+
+    def fileset(self, fileset_id: int) -> Fileset: ...
+
+    def experimenter_by_name(self, name: str) -> Experimenter: ...
+
+    def group_by_name(self, name: str) -> Group: ...
+
+    def memberships_of(self, experimenter_id: int) -> list[Membership]: ...
+
+    def record_import(self, record: ImportRecord) -> Fileset: ...
+
+    def close(self) -> None: ...

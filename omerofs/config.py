@@ -1,0 +1,113 @@
+"""The repository directory and its ``omerofs.toml``.
+
+A repository is a directory holding ``omerofs.toml``, the SQLite catalog
+``catalog.sqlite`` and ``ManagedRepository/`` laid out as OMERO lays it out.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from omerofs.errors import AlreadyExists, NotFound, UsageError
+from omerofs.template import DEFAULT_TEMPLATE, validate_template
+
+CONFIG_NAME = "omerofs.toml"
+CATALOG_NAME = "catalog.sqlite"
+MANAGED_NAME = "ManagedRepository"
+TRANSFER_MODES = ("ln", "ln_s", "ln_rm", "cp", "cp_rm", "upload", "upload_rm")
+
+_DEFAULT_TOML = """\
+# omerofs repository configuration
+[repository]
+# "local": the embedded SQLite catalog beside this file.
+backend = "local"
+# OMERO's omero.fs.repo.path: directories before // belong to root, after it to the user.
+template = "{template}"
+
+[import]
+# Transfer mode used when `omerofs import` is given none.
+transfer = "upload"
+
+[view]
+# Seconds the kernel may cache names and attributes of the read-only view.
+cache_timeout = 300
+# Seconds between checks of the catalog for changes (new imports, new members).
+refresh_interval = 0.25
+# Readahead for the mount, in KiB (the kernel default of 128 halves streaming reads).
+read_ahead_kb = 1024
+"""
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    root: Path
+    backend: str
+    template: str
+    transfer: str
+    cache_timeout: float
+    refresh_interval: float
+    read_ahead_kb: int
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG_NAME
+
+    @property
+    def managed_dir(self) -> Path:
+        return self.root / MANAGED_NAME
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+
+def init_repo(root: Path, template: str = DEFAULT_TEMPLATE) -> RepoConfig:
+    """Create a new, empty repository directory (refusing to touch an existing one)."""
+    validate_template(template)
+    root = root.absolute()
+    if (root / CONFIG_NAME).exists():
+        raise AlreadyExists(f"{root} is already an omerofs repository")
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANAGED_NAME).mkdir(exist_ok=True)
+    (root / "logs").mkdir(exist_ok=True)
+    tmp = root / (CONFIG_NAME + ".tmp")
+    tmp.write_text(_DEFAULT_TOML.format(template=template))
+    os.replace(tmp, root / CONFIG_NAME)
+    return load_config(root)
+
+
+def load_config(root: Path) -> RepoConfig:
+    """Read and validate ``omerofs.toml``; every problem is one clear message."""
+    root = root.absolute()
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        raise NotFound(f"{root} is not an omerofs repository (no {CONFIG_NAME}; run 'omerofs init')")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    repo = data.get("repository", {})
+    imp = data.get("import", {})
+    view = data.get("view", {})
+    config = RepoConfig(
+        root=root,
+        backend=str(repo.get("backend", "local")),
+        template=str(repo.get("template", DEFAULT_TEMPLATE)),
+        transfer=str(imp.get("transfer", "upload")),
+        cache_timeout=float(view.get("cache_timeout", 300)),
+        refresh_interval=float(view.get("refresh_interval", 0.25)),
+        read_ahead_kb=int(view.get("read_ahead_kb", 1024)),
+    )
+    if config.backend != "local":
+        raise UsageError(f"{path}: backend {config.backend!r} is not supported (expected 'local')")
+    validate_template(config.template)
+    if config.transfer not in TRANSFER_MODES:
+        raise UsageError(f"{path}: unknown transfer mode {config.transfer!r}")
+    if config.refresh_interval <= 0 or config.cache_timeout < 0:
+        raise UsageError(f"{path}: view timeouts must be positive")
+    return config

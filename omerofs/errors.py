@@ -1,0 +1,72 @@
+"""The one place where omerofs errors are defined and mapped to errno.
+
+Domain code raises these; the CLI prints ``str(exc)`` on one line and exits non-zero,
+and the FUSE layer turns them into ``FUSEError(exc.errno)``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class OmerofsError(Exception):
+    """Base class of every expected failure: bad input, missing objects, failed imports."""
+
+    errno: int = errno.EIO
+
+
+class UsageError(OmerofsError):
+    """The caller asked for something malformed (bad level, bad mode, bad path)."""
+
+    errno = errno.EINVAL
+
+
+class NotFound(OmerofsError):
+    """A named user, group, fileset, repository or path does not exist."""
+
+    errno = errno.ENOENT
+
+
+class AlreadyExists(OmerofsError):
+    """A name or id that must be unique is taken."""
+
+    errno = errno.EEXIST
+
+
+class AccessDenied(OmerofsError):
+    """OMERO's rules forbid the action (e.g. importing into a group one is not in)."""
+
+    errno = errno.EACCES
+
+
+class ImportFailed(OmerofsError):
+    """An import did not complete; nothing of it was left in the repository or catalog."""
+
+    errno = errno.EIO
+
+
+class UnknownFormat(ImportFailed):
+    """No reader recognises the fileset's main file (OMERO's 'unknown format')."""
+
+    errno = errno.EINVAL
+
+
+class ChecksumMismatch(ImportFailed):
+    """The placed copy or link does not hash to what the source hashed to."""
+
+    errno = errno.EIO
+
+
+class MountError(OmerofsError):
+    """The mountpoint is unusable (missing, not empty, already mounted)."""
+
+    errno = errno.EBUSY
+
+
+def errno_of(exc: BaseException) -> int:
+    """Map any exception to the errno a FUSE caller should see."""
+    if isinstance(exc, OmerofsError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,1 @@
+"""The FUSE side: inode table, view layout, operations and mount wiring."""

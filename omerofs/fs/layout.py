@@ -1,0 +1,190 @@
+"""Where each visible fileset appears inside one user's directory of the view.
+
+    <user>/ManagedRepository/<templatePrefix>/<files>        OMERO's own paths
+    <user>/Groups/<group>/Projects/<project>/<dataset>/<fileset>
+    <user>/Groups/<group>/Datasets/<dataset>/<fileset>          datasets in no project
+    <user>/Groups/<group>/Orphans/<fileset>                     filesets in no dataset
+
+A fileset shows up in the named tree as its top-level name (the file itself, or its
+directory). Names are claimed in id order, so they are deterministic: the oldest object
+keeps the plain name, a later one with the same name gets ``~<id>`` (containers) or
+``~fs<id>`` (filesets) before its extension. Adding objects never renames existing ones.
+"""
+
+from __future__ import annotations
+
+from omerofs.catalog.protocol import Container, Fileset, Snapshot
+from omerofs.fs.inodes import DIR_MODE, FILE_MODE, InodeTable, Node
+from omerofs.identity import Viewer, can_see
+from omerofs.template import sanitize_name
+
+MANAGED = "ManagedRepository"
+GROUPS = "Groups"
+PROJECTS = "Projects"
+DATASETS = "Datasets"
+ORPHANS = "Orphans"
+
+
+def suffixed(name: str, tag: str, is_dir: bool) -> str:
+    """``img.ome.tif`` + ``fs7`` -> ``img~fs7.ome.tif``; directories get the tag at the end."""
+    if is_dir or "." not in name.lstrip("."):
+        return f"{name}~{tag}"
+    lead = len(name) - len(name.lstrip("."))
+    stem, _, ext = name[lead:].partition(".")
+    return f"{name[:lead]}{stem}~{tag}.{ext}"
+
+
+class UserLayout:
+    """Builds and extends one user's subtree in the inode table."""
+
+    def __init__(self, table: InodeTable, home: Node, viewer: Viewer, snapshot: Snapshot,
+                 root_depth: int) -> None:
+        self.table = table
+        self.home = home
+        self.viewer = viewer
+        self.snapshot = snapshot
+        self.root_depth = root_depth
+        self.touched: set[Node] = set()
+        self._dataset_dirs: dict[int, list[Node]] = {}
+        self._project_dirs: dict[int, Node] = {}
+        self._group_dirs: dict[int, Node] = {}
+        uid, gid, mtime = home.uid, home.gid, home.mtime_ns
+        self.managed = self._dir(home, MANAGED, uid, gid, mtime)
+        self.groups = self._dir(home, GROUPS, uid, gid, mtime)
+
+    # -- building --------------------------------------------------------------------
+
+    def build(self) -> None:
+        snap = self.snapshot
+        for gid in sorted(g.group_id for g in snap.memberships
+                          if g.experimenter_id == self.viewer.experimenter_id):
+            if gid in snap.groups and snap.groups[gid].name != "system":
+                self._group_dir(gid)
+        self.add_containers(sorted(snap.projects), sorted(snap.datasets))
+        for fileset_id in sorted(snap.filesets):
+            self.add_fileset(snap.filesets[fileset_id])
+
+    def visible(self, owner_id: int, group_id: int) -> bool:
+        group = self.snapshot.groups.get(group_id)
+        return group is not None and can_see(self.viewer, owner_id, group_id, group.level)
+
+    def add_containers(self, project_ids: list[int], dataset_ids: list[int]) -> None:
+        snap = self.snapshot
+        for pid in project_ids:
+            project = snap.projects[pid]
+            if self.visible(project.owner_id, project.group_id):
+                parent = self._dir(self._group_dir(project.group_id), PROJECTS)
+                self._project_dirs[pid] = self._container_dir(parent, project)
+        projects_of: dict[int, list[int]] = {}
+        for pid, did in snap.project_dataset:
+            projects_of.setdefault(did, []).append(pid)
+        for did in dataset_ids:
+            dataset = snap.datasets[did]
+            if not self.visible(dataset.owner_id, dataset.group_id):
+                continue
+            parents = [self._project_dirs[p] for p in sorted(projects_of.get(did, []))
+                       if p in self._project_dirs]
+            if not parents:
+                parents = [self._dir(self._group_dir(dataset.group_id), DATASETS)]
+            self._dataset_dirs[did] = [self._container_dir(p, dataset) for p in parents]
+
+    def add_fileset(self, fs: Fileset) -> bool:
+        """Place ``fs`` if this user may see it; return whether it was placed."""
+        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries:
+            return False
+        owner = self.snapshot.experimenters.get(fs.owner_id)
+        uid = owner.uid if owner else 0
+        gid = self.snapshot.groups[fs.group_id].gid
+        mtime = int(fs.created * 1e9)
+        # OMERO's own path
+        directory = self.managed
+        for depth, part in enumerate(fs.template_prefix.rstrip("/").split("/")):
+            own = depth >= self.root_depth
+            directory = self._dir(directory, part, uid if own else 0, gid if own else 0, mtime)
+        self._place_files(directory, fs, uid, gid, mtime)
+        # the named tree
+        targets = [d for did in fs.dataset_ids for d in self._dataset_dirs.get(did, [])]
+        if not targets:
+            targets = [self._dir(self._group_dir(fs.group_id), ORPHANS)]
+        for target in targets:
+            self._place_named(target, fs, uid, gid, mtime)
+        return True
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _place_named(self, target: Node, fs: Fileset, uid: int, gid: int, mtime: int) -> None:
+        rels = [e.repo_path[len(fs.template_prefix):] for e in fs.entries]
+        tops = {r.split("/", 1)[0] for r in rels}
+        if len(tops) == 1:
+            top = tops.pop()
+            is_dir = "/" in rels[0]
+            name = self._claim(target, top, f"fs{fs.id}", is_dir)
+            if not is_dir:
+                self._file(target, name, fs, fs.entries[0], uid, gid, mtime)
+                return
+            directory = self._dir(target, name, uid, gid, mtime)
+            self._place_files(directory, fs, uid, gid, mtime, strip=top + "/")
+        else:  # several top-level names: keep them together under the main file's name
+            name = self._claim(target, fs.entries[0].name, f"fs{fs.id}", True)
+            self._place_files(self._dir(target, name, uid, gid, mtime), fs, uid, gid, mtime)
+
+    def _place_files(self, directory: Node, fs: Fileset, uid: int, gid: int, mtime: int,
+                     strip: str = "") -> None:
+        for entry in fs.entries:
+            rel = entry.repo_path[len(fs.template_prefix) + len(strip):]
+            *dirs, name = rel.split("/")
+            parent = directory
+            for part in dirs:
+                parent = self._dir(parent, part, uid, gid, mtime)
+            if self.table.child(parent, name) is None:
+                self._file(parent, name, fs, entry, uid, gid, mtime)
+
+    def _file(self, parent: Node, name: str, fs: Fileset, entry, uid: int, gid: int,
+              mtime: int) -> Node:
+        node = self.table.add(parent, name, uid, gid, FILE_MODE, mtime)
+        node.entry = entry
+        node.fileset_id = fs.id
+        node.size = entry.size
+        self.touched.add(parent)
+        return node
+
+    def _dir(self, parent: Node, name: str, uid: int | None = None, gid: int | None = None,
+             mtime: int | None = None) -> Node:
+        """The directory ``name`` under ``parent``, created with the parent's ids if missing."""
+        node = self.table.child(parent, name)
+        if node is not None and node.is_dir:
+            return node
+        if node is not None:  # a file holds the name: the directory gets a tagged one
+            name = self._claim(parent, name, "dir", True)
+        node = self.table.add(parent, name, parent.uid if uid is None else uid,
+                              parent.gid if gid is None else gid, DIR_MODE,
+                              parent.mtime_ns if mtime is None else mtime)
+        self.touched.add(parent)
+        return node
+
+    def _group_dir(self, group_id: int) -> Node:
+        node = self._group_dirs.get(group_id)
+        if node is None:
+            group = self.snapshot.groups[group_id]
+            node = self._dir(self.groups, sanitize_name(group.name), 0, group.gid)
+            self._group_dirs[group_id] = node
+        return node
+
+    def _container_dir(self, parent: Node, container: Container) -> Node:
+        owner = self.snapshot.experimenters.get(container.owner_id)
+        name = self._claim(parent, sanitize_name(container.name), str(container.id), True)
+        gid = self.snapshot.groups[container.group_id].gid
+        node = self.table.add(parent, name, owner.uid if owner else 0, gid, DIR_MODE,
+                              parent.mtime_ns)
+        self.touched.add(parent)
+        return node
+
+    def _claim(self, parent: Node, name: str, tag: str, is_dir: bool) -> str:
+        if self.table.child(parent, name) is None:
+            return name
+        candidate = suffixed(name, tag, is_dir)
+        n = 2
+        while self.table.child(parent, candidate) is not None:
+            candidate = suffixed(name, f"{tag}-{n}", is_dir)
+            n += 1
+        return candidate

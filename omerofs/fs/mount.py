@@ -1,0 +1,197 @@
+"""Mount wiring: mountpoint checks, the pyfuse3 session, signals, the catalog follower.
+
+Unmount happens only on a clean exit (SIGTERM/SIGINT or ``omerofs umount``); a crashed
+daemon leaves a stale mount that the next ``omerofs mount`` detects and clears.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from omerofs.catalog.local import LocalCatalog
+from omerofs.config import RepoConfig
+from omerofs.errors import MountError, UsageError
+from omerofs.fs.operations import ViewOperations
+from omerofs.fs.view import Invalidation, RepositoryView
+from omerofs.template import expand_root_depth
+
+log = logging.getLogger(__name__)
+
+
+# -- mountpoints -------------------------------------------------------------------------
+
+def mount_table() -> dict[str, tuple[str, str]]:
+    """Mountpoint -> (fstype, "major:minor") from /proc/self/mountinfo (no FS access)."""
+    table = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            point = fields[4].encode().decode("unicode_escape")
+            table[point] = (fields[sep + 1], fields[2])
+    return table
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return str(Path(os.path.abspath(mountpoint))) in mount_table()
+
+
+def prepare_mountpoint(mountpoint: Path) -> Path:
+    """Check the mountpoint is an empty directory; clear a stale mount of a dead daemon."""
+    mountpoint = Path(os.path.abspath(mountpoint))
+    if is_mounted(mountpoint):
+        try:
+            os.stat(mountpoint)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise MountError(f"{mountpoint}: {exc.strerror}") from None
+            fusermount_unmount(mountpoint, lazy=True)
+            print(f"omerofs: cleared a stale mount at {mountpoint} (its daemon had died)",
+                  file=sys.stderr)
+        else:
+            raise MountError(f"{mountpoint} is already mounted")
+    if not mountpoint.exists():
+        raise MountError(f"mountpoint {mountpoint} does not exist")
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if any(mountpoint.iterdir()):
+        raise MountError(f"mountpoint {mountpoint} is not empty")
+    return mountpoint
+
+
+def fusermount_unmount(mountpoint: Path, lazy: bool = False) -> None:
+    args = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+        raise MountError(f"cannot unmount {mountpoint}: {message}")
+
+
+def unmount(mountpoint: Path, timeout: float = 10.0) -> None:
+    """``omerofs umount``: unmount and wait until the kernel no longer lists it."""
+    mountpoint = Path(os.path.abspath(mountpoint))
+    if not is_mounted(mountpoint):
+        raise UsageError(f"{mountpoint} is not mounted")
+    fstype = mount_table()[str(mountpoint)][0]
+    if not fstype.startswith("fuse"):
+        raise UsageError(f"{mountpoint} is not an omerofs mount ({fstype})")
+    fusermount_unmount(mountpoint)
+    deadline = time.monotonic() + timeout
+    while is_mounted(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def set_read_ahead(mountpoint: Path, kib: int) -> None:
+    """Raise readahead for the mount's bdi: the 128 KiB default halves streaming reads."""
+    entry = mount_table().get(str(mountpoint))
+    if entry is None:
+        return
+    try:
+        Path(f"/sys/class/bdi/{entry[1]}/read_ahead_kb").write_text(str(kib))
+    except OSError as exc:
+        log.warning("could not set read_ahead_kb for %s: %s", mountpoint, exc)
+
+
+# -- the daemon --------------------------------------------------------------------------
+
+def serve_view(config: RepoConfig, mountpoint: Path) -> None:
+    """Mount the read-only view and serve it until unmounted or signalled."""
+    mountpoint = prepare_mountpoint(mountpoint)
+    catalog = LocalCatalog(config.catalog_path)
+    view = RepositoryView(catalog.snapshot(), expand_root_depth(config.template))
+    ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout)
+    options = set(pyfuse3.default_options) | {
+        "fsname=omerofs", "subtype=omerofs", "allow_other", "ro", "default_permissions",
+    }
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    pyfuse3.init(ops, str(mountpoint), options)
+    clean = False
+    try:
+        set_read_ahead(mountpoint, config.read_ahead_kb)
+        log.info("view of %s mounted at %s (pid %d)", config.root, mountpoint, os.getpid())
+        trio.run(_main, view, catalog, config.refresh_interval)
+        clean = True
+    finally:
+        pyfuse3.close(unmount=clean)
+        catalog.close()
+    log.info("view at %s unmounted", mountpoint)
+
+
+async def _main(view: RepositoryView, catalog: LocalCatalog, interval: float) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        nursery.start_soon(follow_catalog, view, catalog, interval)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+async def follow_catalog(view: RepositoryView, catalog: LocalCatalog, interval: float) -> None:
+    """Poll the catalog's event log (one indexed query) and apply what changed."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            changes = await trio.to_thread.run_sync(catalog.changes, view.event_id)
+        except Exception:  # a locked or briefly unreadable catalog: keep serving, retry
+            log.exception("reading catalog changes failed; serving the last known tree")
+            continue
+        if changes is None:
+            continue
+        inval = view.apply(changes)
+        if inval:
+            await trio.to_thread.run_sync(_invalidate, inval)
+
+
+def _invalidate(inval: Invalidation) -> None:
+    """Tell the kernel what changed (from a worker thread: these calls may block)."""
+    for parent, name in inval.entries:
+        try:
+            pyfuse3.invalidate_entry_async(parent, os.fsencode(name))
+        except OSError:
+            pass
+    for inode in inval.inodes:
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=False)
+        except OSError:
+            pass  # the kernel never saw it: nothing to drop
+
+
+def spawn_daemon(config: RepoConfig, mountpoint: Path, timeout: float = 30.0) -> int:
+    """Start ``mount --foreground`` detached, wait until the mount is up, return its pid."""
+    mountpoint = prepare_mountpoint(mountpoint)
+    config.log_dir.mkdir(exist_ok=True)
+    log_path = config.log_dir / "mount.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "omerofs.cli", "-r", str(config.root), "mount",
+             str(mountpoint), "--foreground"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_mounted(mountpoint):
+            return proc.pid
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            raise MountError(f"mount daemon exited: {tail[0] if tail else 'see ' + str(log_path)}")
+        time.sleep(0.05)
+    proc.terminate()
+    raise MountError(f"mount did not come up within {timeout:.0f} s (see {log_path})")

@@ -1,0 +1,183 @@
+"""pyfuse3 handlers of the read-only view. They translate; the view decides.
+
+Reads go straight to the original in ManagedRepository with ``os.pread`` on the loop
+thread (page-cache reads are cheaper inline than through a worker thread), with
+``keep_cache`` and long timeouts so the kernel serves repeats itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from omerofs.errors import OmerofsError
+from omerofs.fs.inodes import Node, refresh_file_stat
+from omerofs.fs.view import RepositoryView
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+XATTRS = (b"user.omero.fileset", b"user.omero.sha1", b"user.omero.client_path",
+          b"user.omero.repo_path")
+
+
+def translate_errors(func: F) -> F:
+    """Map domain exceptions to errno once, for every handler."""
+
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except OmerofsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+async def read_only(*_args: Any, **_kwargs: Any) -> Any:
+    """Every handler that would change the view: the view is read-only."""
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class ViewOperations(pyfuse3.Operations):
+    def __init__(self, view: RepositoryView, managed_dir: str, cache_timeout: float) -> None:
+        super().__init__()
+        self.view = view
+        self.table = view.table
+        self.managed_dir = managed_dir
+        self.timeout = cache_timeout
+
+    # -- attributes, built in one place ----------------------------------------------
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.entry is not None:
+            refresh_file_stat(node, self.managed_dir)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.inode
+        attr.st_mode = node.mode
+        attr.st_nlink = 2 if node.is_dir else 1
+        attr.st_uid = node.uid
+        attr.st_gid = node.gid
+        attr.st_size = node.size if node.entry is not None else 4096
+        attr.st_blksize = 1 << 20
+        attr.st_blocks = (attr.st_size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        attr.entry_timeout = self.timeout
+        attr.attr_timeout = self.timeout
+        return attr
+
+    def _dir(self, inode: int) -> Node:
+        node = self.table.get(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self.view.materialize(node)
+        return node
+
+    # -- namespace -------------------------------------------------------------------
+
+    @translate_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        parent = self._dir(parent_inode)
+        text = os.fsdecode(name)
+        if text == ".":
+            return self.attributes(parent)
+        if text == "..":
+            return self.attributes(parent.parent or parent)
+        node = self.table.child(parent, text)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(node)
+
+    @translate_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.table.get(inode))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        return None  # nodes live as long as the catalog says; nothing to free per lookup
+
+    @translate_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self._dir(inode)
+        return inode
+
+    @translate_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._dir(fh)
+        for node in self.table.listing(directory, start_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self.attributes(node),
+                                         node.seq):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- reading ---------------------------------------------------------------------
+
+    @translate_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.table.get(inode)
+        if node.entry is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        try:
+            fd = os.open(os.path.join(self.managed_dir, node.entry.repo_path), os.O_RDONLY)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(errno.EIO if exc.errno == errno.ENOENT else exc.errno) from None
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    async def release(self, fh: int) -> None:
+        os.close(fh)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.managed_dir)
+        data = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                     "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, attr, getattr(st, attr))
+        return data
+
+    # -- extended attributes: where an original came from ----------------------------
+
+    @translate_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.table.get(inode)
+        entry = node.entry
+        if entry is None or name not in XATTRS:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        value = {
+            b"user.omero.fileset": str(node.fileset_id),
+            b"user.omero.sha1": entry.hash,
+            b"user.omero.client_path": entry.client_path,
+            b"user.omero.repo_path": entry.repo_path,
+        }[name]
+        return value.encode()
+
+    @translate_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return list(XATTRS) if self.table.get(inode).entry is not None else []
+
+    # -- everything that would change the view ---------------------------------------
+
+    setattr = read_only
+    mknod = read_only
+    mkdir = read_only
+    unlink = read_only
+    rmdir = read_only
+    symlink = read_only
+    rename = read_only
+    link = read_only
+    create = read_only
+    write = read_only
+    setxattr = read_only
+    removexattr = read_only

@@ -1,0 +1,1 @@
+"""Getting files into the repository: fileset grouping, image metadata, transfers, import."""

@@ -1,0 +1,136 @@
+"""Transfer modes: put one source file into the repository and prove it arrived intact.
+
+Every mode returns the SHA1 of the SOURCE as read by the client and checks it against
+what the repository side holds afterwards, as OMERO's verifyUpload does. Deleting
+sources (``*_rm``) is not done here: the importer does it only after the catalog commit.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from omerofs.errors import ChecksumMismatch, ImportFailed, UsageError
+
+CHUNK = 4 << 20
+MODES = ("ln", "ln_s", "ln_rm", "cp", "cp_rm", "upload", "upload_rm")
+
+
+def base_mode(mode: str) -> str:
+    """``ln_rm`` -> ``ln``, ``cp_rm`` -> ``cp``, ``upload_rm`` -> ``upload``."""
+    if mode not in MODES:
+        raise UsageError(f"unknown transfer mode {mode!r} (expected one of: {', '.join(MODES)})")
+    return mode.removesuffix("_rm")
+
+
+def removes_source(mode: str) -> bool:
+    return mode.endswith("_rm")
+
+
+def sha1_file(path: Path | str) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def place(mode: str, source: Path, target: Path) -> str:
+    """Transfer ``source`` to ``target`` (which must not exist); return the verified SHA1."""
+    kind = base_mode(mode)
+    if kind == "ln":
+        return _hardlink(source, target)
+    if kind == "ln_s":
+        return _symlink(source, target)
+    if kind == "cp":
+        return _copy(source, target)
+    return _upload(source, target)
+
+
+def _hardlink(source: Path, target: Path) -> str:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise ImportFailed(
+                f"{source}: 'ln' needs the source on the repository's filesystem; "
+                "use 'cp' or 'upload' (or stage the data on the same filesystem)"
+            ) from None
+        if exc.errno == errno.EPERM:
+            raise ImportFailed(
+                f"{source}: the kernel refused a hard link (protected_hardlinks: the importer "
+                "must own the file or be able to write it); use 'cp' or 'upload'"
+            ) from None
+        raise ImportFailed(f"{source}: hard link failed: {exc.strerror}") from None
+    if os.stat(target).st_ino != os.stat(source).st_ino:
+        raise ChecksumMismatch(f"{target}: is not a link to {source}")
+    return sha1_file(target)
+
+
+def _symlink(source: Path, target: Path) -> str:
+    os.symlink(source, target)
+    source_sha = sha1_file(source)
+    if os.path.realpath(target) != os.path.realpath(source) or sha1_file(target) != source_sha:
+        raise ChecksumMismatch(f"{target}: symlink does not resolve to {source}")
+    return source_sha
+
+
+def _copy(source: Path, target: Path) -> str:
+    """Local copy: the client hashes while copying, then re-reads the copy to verify."""
+    digest = hashlib.sha1()
+    with open(source, "rb", buffering=0) as src, _create(target) as dst:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return _verify(target, digest.hexdigest())
+
+
+class RepositoryUploader:
+    """The repository's side of an upload: it receives chunks, writes them and hashes
+    what it received, like OMERO's RawFileStore behind ``getUploader``."""
+
+    def __init__(self, target: Path) -> None:
+        self._file = _create(target)
+        self._digest = hashlib.sha1()
+        self.target = target
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._digest.update(data)
+
+    def close(self) -> str:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._digest.hexdigest()
+
+
+def _upload(source: Path, target: Path) -> str:
+    digest = hashlib.sha1()
+    uploader = RepositoryUploader(target)
+    try:
+        with open(source, "rb", buffering=0) as src:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                uploader.write(chunk)
+    finally:
+        received = uploader.close()
+    if received != digest.hexdigest():
+        raise ChecksumMismatch(f"{source}: repository received different bytes than were sent")
+    return _verify(target, digest.hexdigest())
+
+
+def _create(target: Path):  # noqa: ANN202 - a raw binary file object
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def _verify(target: Path, expected: str) -> str:
+    actual = sha1_file(target)
+    if actual != expected:
+        raise ChecksumMismatch(f"{target}: SHA1 {actual} does not match source SHA1 {expected}")
+    return expected

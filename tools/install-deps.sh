@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what omerofs needs on a Debian machine, idempotently and fast when done:
+# system packages (fuse3, libfuse3-dev, pkg-config, a compiler) and a virtualenv with
+# the package and its test tools. Usage: tools/install-deps.sh VENV_DIR
+set -euo pipefail
+venv=${1:-.venv}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+packages=(fuse3 libfuse3-dev pkg-config gcc make python3-dev python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "omerofs: missing system packages (${missing[*]}); run as root or install them" >&2
+    exit 1
+  fi
+  echo "omerofs: installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -e /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || true
+fi
+[ -e /dev/fuse ] || { echo "omerofs: /dev/fuse is missing; FUSE is not available here" >&2; exit 1; }
+
+python=${PYTHON:-python3}
+stamp="$venv/.omerofs-installed"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[test]"
+  touch "$stamp"
+fi
