@@ -41,12 +41,16 @@ def _setup_logging(config: RepoConfig | None, verbose: bool) -> None:
     if config is not None:
         config.log_dir.mkdir(exist_ok=True)
         handlers.append(logging.FileHandler(config.log_dir / "omerofs.log"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        handlers=handlers,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
     handlers[0].setFormatter(logging.Formatter("omerofs: %(message)s"))
 
 
 # -- subcommands ---------------------------------------------------------------------------
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     kwargs = {"template": args.template} if args.template else {}
@@ -58,8 +62,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     _, catalog = _open(args)
-    exp = catalog.add_experimenter(args.name, args.uid, admin=args.admin,
-                                   default_group=args.default_group)
+    exp = catalog.add_experimenter(
+        args.name, args.uid, admin=args.admin, default_group=args.default_group
+    )
     print(f"added user {exp.name} (id {exp.id}, uid {exp.uid}{', admin' if exp.admin else ''})")
     return 0
 
@@ -107,8 +112,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         if outcome.fileset is not None:
             fs = outcome.fileset
-            print(f"{outcome.source}: fileset {fs.id}, {fs.image_count} image(s), "
-                  f"{len(fs.entries)} file(s) -> {fs.template_prefix}")
+            print(
+                f"{outcome.source}: fileset {fs.id}, {fs.image_count} image(s), "
+                f"{len(fs.entries)} file(s) -> {fs.template_prefix}"
+            )
         else:
             failed += 1
             print(f"omerofs: {outcome.source}: import failed: {outcome.error}", file=sys.stderr)
@@ -149,36 +156,72 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     if args.what == "users":
         for e in sorted(snap.experimenters.values(), key=lambda e: e.id):
-            groups = [snap.groups[m.group_id].name + ("*" if m.owner else "")
-                      for m in snap.memberships if m.experimenter_id == e.id]
-            default = snap.groups[e.default_group_id].name if e.default_group_id is not None else "-"
-            rows.append({"id": e.id, "name": e.name, "uid": e.uid, "admin": e.admin,
-                         "default_group": default, "groups": ",".join(sorted(groups))})
+            groups = [
+                snap.groups[m.group_id].name + ("*" if m.owner else "")
+                for m in snap.memberships
+                if m.experimenter_id == e.id
+            ]
+            default = (
+                snap.groups[e.default_group_id].name if e.default_group_id is not None else "-"
+            )
+            rows.append(
+                {
+                    "id": e.id,
+                    "name": e.name,
+                    "uid": e.uid,
+                    "admin": e.admin,
+                    "default_group": default,
+                    "groups": ",".join(sorted(groups)),
+                }
+            )
     elif args.what == "groups":
         for g in sorted(snap.groups.values(), key=lambda g: g.id):
-            members = sorted(snap.experimenters[m.experimenter_id].name + ("*" if m.owner else "")
-                             for m in snap.memberships if m.group_id == g.id)
-            rows.append({"id": g.id, "name": g.name, "level": g.level.label,
-                         "perms": g.level.perms, "gid": g.gid, "members": ",".join(members)})
+            members = sorted(
+                snap.experimenters[m.experimenter_id].name + ("*" if m.owner else "")
+                for m in snap.memberships
+                if m.group_id == g.id
+            )
+            rows.append(
+                {
+                    "id": g.id,
+                    "name": g.name,
+                    "level": g.level.label,
+                    "perms": g.level.perms,
+                    "gid": g.gid,
+                    "members": ",".join(members),
+                }
+            )
     elif args.what in ("projects", "datasets"):
         source = snap.projects if args.what == "projects" else snap.datasets
         for c in sorted(source.values(), key=lambda c: c.id):
-            rows.append({"id": c.id, "name": c.name, "owner": snap.experimenters[c.owner_id].name,
-                         "group": snap.groups[c.group_id].name})
+            rows.append(
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "owner": snap.experimenters[c.owner_id].name,
+                    "group": snap.groups[c.group_id].name,
+                }
+            )
     else:
         for fs in sorted(snap.filesets.values(), key=lambda f: f.id):
             owner = snap.experimenters[fs.owner_id].name
             group = snap.groups[fs.group_id].name
             if (args.user and owner != args.user) or (args.group and group != args.group):
                 continue
-            rows.append({
-                "id": fs.id, "owner": owner, "group": group, "transfer": fs.transfer,
-                "files": len(fs.entries), "images": fs.image_count,
-                "bytes": sum(e.size for e in fs.entries),
-                "datasets": ",".join(snap.datasets[d].name for d in fs.dataset_ids) or "-",
-                "created": datetime.fromtimestamp(fs.created).isoformat(timespec="seconds"),
-                "prefix": fs.template_prefix,
-            })
+            rows.append(
+                {
+                    "id": fs.id,
+                    "owner": owner,
+                    "group": group,
+                    "transfer": fs.transfer,
+                    "files": len(fs.entries),
+                    "images": fs.image_count,
+                    "bytes": sum(e.size for e in fs.entries),
+                    "datasets": ",".join(snap.datasets[d].name for d in fs.dataset_ids) or "-",
+                    "created": datetime.fromtimestamp(fs.created).isoformat(timespec="seconds"),
+                    "prefix": fs.template_prefix,
+                }
+            )
     _print_rows(rows, args.json)
     return 0
 
@@ -203,25 +246,41 @@ def cmd_info(args: argparse.Namespace) -> int:
         snap = catalog.snapshot()
         total = sum(e.size for fs in snap.filesets.values() for e in fs.entries)
         info = {
-            "repository": str(config.root), "backend": config.backend,
-            "template": config.template, "default_transfer": config.transfer,
-            "users": len(snap.experimenters), "groups": len(snap.groups),
-            "projects": len(snap.projects), "datasets": len(snap.datasets),
+            "repository": str(config.root),
+            "backend": config.backend,
+            "template": config.template,
+            "default_transfer": config.transfer,
+            "users": len(snap.experimenters),
+            "groups": len(snap.groups),
+            "projects": len(snap.projects),
+            "datasets": len(snap.datasets),
             "filesets": len(snap.filesets),
             "files": sum(len(fs.entries) for fs in snap.filesets.values()),
-            "bytes": total, "last_event": snap.event_id,
+            "bytes": total,
+            "last_event": snap.event_id,
         }
     else:
         fs = catalog.fileset(args.fileset)
         info = {
-            "fileset": fs.id, "owner_id": fs.owner_id, "group_id": fs.group_id,
-            "template_prefix": fs.template_prefix, "transfer": fs.transfer,
+            "fileset": fs.id,
+            "owner_id": fs.owner_id,
+            "group_id": fs.group_id,
+            "template_prefix": fs.template_prefix,
+            "transfer": fs.transfer,
             "created": datetime.fromtimestamp(fs.created).isoformat(timespec="milliseconds"),
             "dataset_ids": list(fs.dataset_ids),
-            "images": [{"name": i.name, "size": [i.size_x, i.size_y, i.size_z, i.size_c, i.size_t],
-                        "pixel_type": i.pixel_type} for i in catalog.images_of(fs.id)],
-            "files": [{"path": e.repo_path, "size": e.size, "sha1": e.hash,
-                       "client_path": e.client_path} for e in fs.entries],
+            "images": [
+                {
+                    "name": i.name,
+                    "size": [i.size_x, i.size_y, i.size_z, i.size_c, i.size_t],
+                    "pixel_type": i.pixel_type,
+                }
+                for i in catalog.images_of(fs.id)
+            ],
+            "files": [
+                {"path": e.repo_path, "size": e.size, "sha1": e.hash, "client_path": e.client_path}
+                for e in fs.entries
+            ],
         }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -238,12 +297,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     repo = argparse.ArgumentParser(add_help=False)
-    repo.add_argument("-r", "--repo", default=argparse.SUPPRESS,
-                      help="repository directory (default: $OMEROFS_REPO)")
-    parser = argparse.ArgumentParser(prog="omerofs",
-                                     description="FUSE views and imports for OMERO repositories")
+    repo.add_argument(
+        "-r",
+        "--repo",
+        default=argparse.SUPPRESS,
+        help="repository directory (default: $OMEROFS_REPO)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="omerofs", description="FUSE views and imports for OMERO repositories"
+    )
     parser.add_argument("-r", "--repo", help="repository directory (default: $OMEROFS_REPO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -262,9 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     group = sub.add_parser("group", help="manage groups").add_subparsers(dest="sub", required=True)
     p = group.add_parser("add", parents=[repo], help="add a group")
     p.add_argument("name")
-    p.add_argument("--perms", required=True,
-                   help="private | read-only | read-annotate | read-write (or rw----, rwr---, ...)")
-    p.add_argument("--gid", type=int, help="POSIX gid (default: same-named local group, else 70000+)")
+    p.add_argument(
+        "--perms",
+        required=True,
+        help="private | read-only | read-annotate | read-write (or rw----, rwr---, ...)",
+    )
+    p.add_argument(
+        "--gid", type=int, help="POSIX gid (default: same-named local group, else 70000+)"
+    )
     p.set_defaults(func=cmd_group_add)
     p = group.add_parser("add-member", parents=[repo], help="add a user to a group")
     p.add_argument("group")
@@ -274,8 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", parents=[repo], help="import files or directories")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--transfer", choices=TRANSFER_MODES,
-                   help="transfer mode (default: the repository's [import] transfer)")
+    p.add_argument(
+        "--transfer",
+        choices=TRANSFER_MODES,
+        help="transfer mode (default: the repository's [import] transfer)",
+    )
     p.add_argument("-T", "--target", help="Dataset:name:D or Project:name:P/Dataset:name:D")
     p.add_argument("-u", "--user", help="import as this user (default: the caller's user)")
     p.add_argument("-g", "--group", help="import into this group (default: user's default)")
@@ -292,8 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("ls", parents=[repo], help="list catalog contents")
-    p.add_argument("what", nargs="?", default="filesets",
-                   choices=["filesets", "users", "groups", "projects", "datasets"])
+    p.add_argument(
+        "what",
+        nargs="?",
+        default="filesets",
+        choices=["filesets", "users", "groups", "projects", "datasets"],
+    )
     p.add_argument("--user")
     p.add_argument("--group")
     p.add_argument("--json", action="store_true")

@@ -86,7 +86,9 @@ def load_config(root: Path) -> RepoConfig:
     root = root.absolute()
     path = root / CONFIG_NAME
     if not path.is_file():
-        raise NotFound(f"{root} is not an omerofs repository (no {CONFIG_NAME}; run 'omerofs init')")
+        raise NotFound(
+            f"{root} is not an omerofs repository (no {CONFIG_NAME}; run 'omerofs init')"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

@@ -23,7 +23,12 @@ from omerofs.ingest.importer import Importer, Target
 USERS = [("alice", 2001), ("bob", 2002), ("carol", 2003), ("dave", 2004)]
 GROUPS = [  # name, level, gid, members (name, is_owner)
     ("confocal", PermissionLevel.PRIVATE, 72001, [("alice", True), ("bob", False)]),
-    ("imaging", PermissionLevel.READ_ONLY, 72002, [("alice", False), ("bob", False), ("carol", False)]),
+    (
+        "imaging",
+        PermissionLevel.READ_ONLY,
+        72002,
+        [("alice", False), ("bob", False), ("carol", False)],
+    ),
     ("screening", PermissionLevel.READ_ANNOTATE, 72003, [("bob", True), ("carol", False)]),
     ("facility", PermissionLevel.READ_WRITE, 72004, [("alice", False), ("dave", False)]),
 ]
@@ -48,10 +53,16 @@ def _sample(kind: str, directory: Path) -> Path:
         return directory
     path = directory / f"{kind}.tif"
     if kind == "rgb":
-        tifffile.imwrite(path, rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), photometric="rgb")
+        tifffile.imwrite(
+            path, rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), photometric="rgb"
+        )
     elif kind == "timelapse":
-        tifffile.imwrite(path, rng.integers(0, 255, (8, 96, 96), dtype=np.uint8), imagej=True,
-                         metadata={"axes": "TYX"})
+        tifffile.imwrite(
+            path,
+            rng.integers(0, 255, (8, 96, 96), dtype=np.uint8),
+            imagej=True,
+            metadata={"axes": "TYX"},
+        )
     else:
         yy, xx = np.mgrid[0:256, 0:256]
         stack = np.stack([(xx * (z + 1) + yy) % 4096 for z in range(5)]).astype(np.uint16)
@@ -80,8 +91,9 @@ def build_demo(root: Path) -> None:
     for user, group, mode, target, sample in IMPORTS:
         work = Path(tempfile.mkdtemp(dir=sources))
         owner, grp = importer.resolve_identity(user, group)
-        fs = importer.import_fileset_path(_sample(sample, work), owner, grp, mode,
-                                          Target.parse(target))
+        fs = importer.import_fileset_path(
+            _sample(sample, work), owner, grp, mode, Target.parse(target)
+        )
         print(f"  imported {sample} for {user} in {group} ({mode}) -> {fs.template_prefix}")
     catalog.close()
 
@@ -136,8 +148,11 @@ def _instructions(root: Path, mountpoint: Path) -> str:
         "Press Ctrl-C here to unmount.",
     ]
     if not _reachable_by_others(mountpoint.parent):
-        lines.insert(1, f"NOTE: a parent of {mountpoint} is not searchable by other users; "
-                        "they will get 'Permission denied' before reaching the view.")
+        lines.insert(
+            1,
+            f"NOTE: a parent of {mountpoint} is not searchable by other users; "
+            "they will get 'Permission denied' before reaching the view.",
+        )
     return "\n".join(lines)
 
 

@@ -70,9 +70,7 @@ class Viewer:
     owner_of: frozenset[int]
 
 
-def can_see(
-    viewer: Viewer, owner_id: int, group_id: int, level: PermissionLevel
-) -> bool:
+def can_see(viewer: Viewer, owner_id: int, group_id: int, level: PermissionLevel) -> bool:
     """May ``viewer`` read a fileset owned by ``owner_id`` in group ``group_id``?"""
     if viewer.admin or owner_id == viewer.experimenter_id:
         return True

@@ -15,13 +15,30 @@ from omerofs.errors import UsageError
 
 DEFAULT_TEMPLATE = "%user%_%userId%//%year%-%month%/%day%/%time%"
 SUPPORTED_TOKENS = frozenset(
-    "user userId group groupId perms institution year month monthname day time "
-    "session sessionId thread increment".split()
+    [
+        "user",
+        "userId",
+        "group",
+        "groupId",
+        "perms",
+        "institution",
+        "year",
+        "month",
+        "monthname",
+        "day",
+        "time",
+        "session",
+        "sessionId",
+        "thread",
+        "increment",
+    ]
 )
 UNSUPPORTED_TOKENS = frozenset({"hash", "subdirs"})
 _TOKEN = re.compile(r"%([A-Za-z]+)%")
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"COM{i}" for i in range(1, 10)]
+    + [f"LPT{i}" for i in range(1, 10)]
 )
 _BAD_CHARS = re.compile(r'[\x00-\x1f<>:"/\\|?*]')
 

@@ -36,12 +36,18 @@ def world_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def make_tiff(path: Path, shape: tuple[int, ...] = (3, 32, 32), axes: str = "ZYX",
-              dtype: str = "uint16", seed: int = 0) -> Path:
+def make_tiff(
+    path: Path,
+    shape: tuple[int, ...] = (3, 32, 32),
+    axes: str = "ZYX",
+    dtype: str = "uint16",
+    seed: int = 0,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.random.default_rng(seed).integers(0, 200, shape).astype(dtype)
-    tifffile.imwrite(path, data, imagej=dtype in ("uint8", "uint16", "float32"),
-                     metadata={"axes": axes})
+    tifffile.imwrite(
+        path, data, imagej=dtype in ("uint8", "uint16", "float32"), metadata={"axes": axes}
+    )
     return path
 
 
@@ -55,10 +61,12 @@ class Repo:
 
     def populate(self) -> Repo:
         c = self.catalog
-        for name, level, gid in [("priv", PermissionLevel.PRIVATE, 71001),
-                                 ("ro", PermissionLevel.READ_ONLY, 71002),
-                                 ("ra", PermissionLevel.READ_ANNOTATE, 71003),
-                                 ("rw", PermissionLevel.READ_WRITE, 71004)]:
+        for name, level, gid in [
+            ("priv", PermissionLevel.PRIVATE, 71001),
+            ("ro", PermissionLevel.READ_ONLY, 71002),
+            ("ra", PermissionLevel.READ_ANNOTATE, 71003),
+            ("rw", PermissionLevel.READ_WRITE, 71004),
+        ]:
             c.add_group(name, level, gid)
         c.add_experimenter("alice", 3001, default_group="priv")
         c.add_experimenter("bob", 3002, default_group="priv")
@@ -71,8 +79,14 @@ class Repo:
         c.add_member("priv", "olga", owner=True)
         return self
 
-    def import_file(self, path: Path, user: str, group: str | None = None, mode: str = "cp",
-                    target: str | None = None):
+    def import_file(
+        self,
+        path: Path,
+        user: str,
+        group: str | None = None,
+        mode: str = "cp",
+        target: str | None = None,
+    ):
         owner, grp = self.importer.resolve_identity(user, group)
         return self.importer.import_fileset_path(path, owner, grp, mode, Target.parse(target))
 
@@ -91,8 +105,9 @@ def populated(repo: Repo) -> Repo:
     return repo.populate()
 
 
-def run_cli(*args: str, check: bool = False, uid: int | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = False, uid: int | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "omerofs.cli", *args]
     if uid is not None:
         cmd = as_user(uid, cmd)
@@ -127,8 +142,19 @@ class MountedView:
         self.log.parent.mkdir(exist_ok=True)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "omerofs.cli", "-r", str(repo_root), "mount",
-                 str(mountpoint), "--foreground"], stdout=log, stderr=log)
+                [
+                    sys.executable,
+                    "-m",
+                    "omerofs.cli",
+                    "-r",
+                    str(repo_root),
+                    "mount",
+                    str(mountpoint),
+                    "--foreground",
+                ],
+                stdout=log,
+                stderr=log,
+            )
         try:
             wait_for(self._up, timeout=30, what=f"mount at {mountpoint}")
         except BaseException:
@@ -180,8 +206,9 @@ def tmpfs(world_dir: Path) -> Iterator:
     def make(name: str, size: str = "16m") -> Path:
         path = world_dir / name
         path.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                        str(path)], check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True
+        )
         mounted.append(path)
         return path
 

@@ -12,10 +12,16 @@ from omerofs.identity import PermissionLevel
 
 def _record(owner: int, group: int, prefix: str, project=None, dataset=None) -> ImportRecord:
     return ImportRecord(
-        owner_id=owner, group_id=group, template_prefix=prefix, transfer="cp", created=1.0,
+        owner_id=owner,
+        group_id=group,
+        template_prefix=prefix,
+        transfer="cp",
+        created=1.0,
         files=(PlacedFile("src/a.tif", prefix, "a.tif", 10, "0" * 40, "image/tiff"),),
         images=(ImageInfo(0, "a.tif", 4, 4, 1, 1, 1, "uint8"),),
-        project_name=project, dataset_name=dataset)
+        project_name=project,
+        dataset_name=dataset,
+    )
 
 
 def test_root_and_system_group_exist(repo) -> None:
@@ -28,32 +34,41 @@ def test_first_user_gets_omero_like_id(populated) -> None:
     assert populated.catalog.experimenter_by_name("alice").id == 2
 
 
-@pytest.mark.parametrize("call,error", [
-    (lambda c: c.add_group("ro", PermissionLevel.PRIVATE, 1), AlreadyExists),
-    (lambda c: c.add_group("new", PermissionLevel.PRIVATE, 71001), AlreadyExists),
-    (lambda c: c.add_group("a/b", PermissionLevel.PRIVATE, 5), UsageError),
-    (lambda c: c.add_experimenter("alice", 9), AlreadyExists),
-    (lambda c: c.add_experimenter("zed", 3001), AlreadyExists),
-    (lambda c: c.add_experimenter("zed", 9, default_group="nope"), NotFound),
-    (lambda c: c.add_experimenter("zed", -1), UsageError),
-    (lambda c: c.add_member("ro", "alice"), AlreadyExists),
-    (lambda c: c.add_member("nope", "alice"), NotFound),
-    (lambda c: c.add_member("ro", "nobody"), NotFound),
-])
+@pytest.mark.parametrize(
+    "call,error",
+    [
+        (lambda c: c.add_group("ro", PermissionLevel.PRIVATE, 1), AlreadyExists),
+        (lambda c: c.add_group("new", PermissionLevel.PRIVATE, 71001), AlreadyExists),
+        (lambda c: c.add_group("a/b", PermissionLevel.PRIVATE, 5), UsageError),
+        (lambda c: c.add_experimenter("alice", 9), AlreadyExists),
+        (lambda c: c.add_experimenter("zed", 3001), AlreadyExists),
+        (lambda c: c.add_experimenter("zed", 9, default_group="nope"), NotFound),
+        (lambda c: c.add_experimenter("zed", -1), UsageError),
+        (lambda c: c.add_member("ro", "alice"), AlreadyExists),
+        (lambda c: c.add_member("nope", "alice"), NotFound),
+        (lambda c: c.add_member("ro", "nobody"), NotFound),
+    ],
+)
 def test_bad_changes_change_nothing(populated, call, error) -> None:
     before = populated.catalog.snapshot()
     with pytest.raises(error):
         call(populated.catalog)
     after = populated.catalog.snapshot()
     assert (after.event_id, after.experimenters, after.groups, after.memberships) == (
-        before.event_id, before.experimenters, before.groups, before.memberships)
+        before.event_id,
+        before.experimenters,
+        before.groups,
+        before.memberships,
+    )
 
 
 def test_member_promoted_to_owner(populated) -> None:
     c = populated.catalog
     c.add_member("ro", "alice", owner=True)
     alice = c.experimenter_by_name("alice")
-    assert any(m.owner for m in c.memberships_of(alice.id) if m.group_id == c.group_by_name("ro").id)
+    assert any(
+        m.owner for m in c.memberships_of(alice.id) if m.group_id == c.group_by_name("ro").id
+    )
 
 
 def test_targets_are_found_or_created_once(populated) -> None:
@@ -99,9 +114,13 @@ def test_changes_report_new_filesets_only(populated) -> None:
     assert c.changes(mark) is None
     second = c.record_import(_record(alice, ro, "b/", None, "D"))
     changes = c.changes(mark)
-    assert [(e.entity, e.action) for e in changes.events] == [("Dataset", "INSERT"),
-                                                               ("Fileset", "INSERT")]
-    assert set(changes.snapshot.filesets) == {second.id} and first.id not in changes.snapshot.filesets
+    assert [(e.entity, e.action) for e in changes.events] == [
+        ("Dataset", "INSERT"),
+        ("Fileset", "INSERT"),
+    ]
+    assert (
+        set(changes.snapshot.filesets) == {second.id} and first.id not in changes.snapshot.filesets
+    )
 
 
 def test_reopen_and_wal(populated) -> None:

@@ -19,7 +19,11 @@ VIEWERS = {
 # role -> which levels let that role see another member's fileset
 EXPECTED = {
     "self": set(LEVELS),
-    "member": {PermissionLevel.READ_ONLY, PermissionLevel.READ_ANNOTATE, PermissionLevel.READ_WRITE},
+    "member": {
+        PermissionLevel.READ_ONLY,
+        PermissionLevel.READ_ANNOTATE,
+        PermissionLevel.READ_WRITE,
+    },
     "group owner": set(LEVELS),
     "non-member": set(),
     "admin": set(LEVELS),
@@ -37,20 +41,31 @@ def test_own_data_stays_visible_after_leaving_group() -> None:
     assert can_see(former, OWNER, GROUP, PermissionLevel.PRIVATE)
 
 
-@pytest.mark.parametrize("text,level", [
-    ("private", PermissionLevel.PRIVATE), ("READ-ONLY", PermissionLevel.READ_ONLY),
-    ("read_annotate", PermissionLevel.READ_ANNOTATE), ("rwrw--", PermissionLevel.READ_WRITE),
-    ("readonly", PermissionLevel.READ_ONLY), ("rwr---", PermissionLevel.READ_ONLY),
-])
+@pytest.mark.parametrize(
+    "text,level",
+    [
+        ("private", PermissionLevel.PRIVATE),
+        ("READ-ONLY", PermissionLevel.READ_ONLY),
+        ("read_annotate", PermissionLevel.READ_ANNOTATE),
+        ("rwrw--", PermissionLevel.READ_WRITE),
+        ("readonly", PermissionLevel.READ_ONLY),
+        ("rwr---", PermissionLevel.READ_ONLY),
+    ],
+)
 def test_parse_levels(text: str, level: PermissionLevel) -> None:
     assert PermissionLevel.parse(text) is level
 
 
-@pytest.mark.parametrize("perms,level", [
-    ("rw----", PermissionLevel.PRIVATE), ("rwr---", PermissionLevel.READ_ONLY),
-    ("rwra--", PermissionLevel.READ_ANNOTATE), ("rwrw--", PermissionLevel.READ_WRITE),
-    ("rwrwrw", PermissionLevel.READ_WRITE),
-])
+@pytest.mark.parametrize(
+    "perms,level",
+    [
+        ("rw----", PermissionLevel.PRIVATE),
+        ("rwr---", PermissionLevel.READ_ONLY),
+        ("rwra--", PermissionLevel.READ_ANNOTATE),
+        ("rwrw--", PermissionLevel.READ_WRITE),
+        ("rwrwrw", PermissionLevel.READ_WRITE),
+    ],
+)
 def test_levels_from_omero_perms(perms: str, level: PermissionLevel) -> None:
     assert PermissionLevel.from_perms(perms) is level
 

@@ -240,12 +240,16 @@ class LocalCatalog:
                 (group_id, user_id),
             ).fetchone()
             if row is not None and bool(row[0]) == owner:
-                raise AlreadyExists(f"{user!r} is already a{'n owner' if owner else ' member'} of {group!r}")
+                raise AlreadyExists(
+                    f"{user!r} is already a{'n owner' if owner else ' member'} of {group!r}"
+                )
             db.execute(
-                "INSERT OR REPLACE INTO memberships VALUES (?, ?, ?)", (group_id, user_id, int(owner))
+                "INSERT OR REPLACE INTO memberships VALUES (?, ?, ?)",
+                (group_id, user_id, int(owner)),
             )
             db.execute(
-                "UPDATE experimenters SET default_group_id=? WHERE id=? AND default_group_id IS NULL",
+                "UPDATE experimenters SET default_group_id=? "
+                "WHERE id=? AND default_group_id IS NULL",
                 (group_id, user_id),
             )
             self._event(db, "GroupExperimenterMap", user_id, "UPDATE" if row else "INSERT")
@@ -314,13 +318,17 @@ class LocalCatalog:
             (last,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
             if last <= since:
                 return None
-            events = [Event(*row) for row in db.execute(
-                "SELECT id, entity, entity_id, action FROM events WHERE id>? ORDER BY id",
-                (since,))]
+            events = [
+                Event(*row)
+                for row in db.execute(
+                    "SELECT id, entity, entity_id, action FROM events WHERE id>? ORDER BY id",
+                    (since,),
+                )
+            ]
             meta = self._read_meta(db)
             ids = sorted({e.entity_id for e in events if e.entity == "Fileset"})
             for chunk in range(0, len(ids), 500):
-                part = ids[chunk:chunk + 500]
+                part = ids[chunk : chunk + 500]
                 where = f"WHERE f.id IN ({','.join('?' * len(part))})"
                 for fs in self._read_filesets(db, where, tuple(part)):
                     meta.filesets[fs.id] = fs
@@ -350,7 +358,9 @@ class LocalCatalog:
             snap.projects[row[0]] = Container(*row)
         for row in db.execute("SELECT id, name, owner_id, group_id FROM datasets"):
             snap.datasets[row[0]] = Container(*row)
-        snap.project_dataset = list(db.execute("SELECT project_id, dataset_id FROM project_dataset"))
+        snap.project_dataset = list(
+            db.execute("SELECT project_id, dataset_id FROM project_dataset")
+        )
         return snap
 
     @staticmethod
@@ -375,9 +385,15 @@ class LocalCatalog:
                 datasets[fileset_id].add(dataset_id)
         return [
             Fileset(
-                id=row[0], owner_id=row[1], group_id=row[2], template_prefix=row[3],
-                transfer=row[4], created=row[5], entries=tuple(entries[row[0]]),
-                dataset_ids=tuple(sorted(datasets[row[0]])), image_count=images[row[0]],
+                id=row[0],
+                owner_id=row[1],
+                group_id=row[2],
+                template_prefix=row[3],
+                transfer=row[4],
+                created=row[5],
+                entries=tuple(entries[row[0]]),
+                dataset_ids=tuple(sorted(datasets[row[0]])),
+                image_count=images[row[0]],
             )
             for row in db.execute(f"SELECT * FROM filesets f {where} ORDER BY f.id", params)
         ]
@@ -413,8 +429,13 @@ class LocalCatalog:
             cur = db.execute(
                 "INSERT INTO filesets (owner_id, group_id, template_prefix, transfer, created) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (record.owner_id, record.group_id, record.template_prefix, record.transfer,
-                 record.created),
+                (
+                    record.owner_id,
+                    record.group_id,
+                    record.template_prefix,
+                    record.transfer,
+                    record.created,
+                ),
             )
             fileset_id = int(cur.lastrowid)
             db.executemany(
@@ -428,11 +449,22 @@ class LocalCatalog:
                 cur = db.execute(
                     "INSERT INTO images (fileset_id, series, name, size_x, size_y, size_z, "
                     "size_c, size_t, pixel_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (fileset_id, img.series, img.name, img.size_x, img.size_y, img.size_z,
-                     img.size_c, img.size_t, img.pixel_type),
+                    (
+                        fileset_id,
+                        img.series,
+                        img.name,
+                        img.size_x,
+                        img.size_y,
+                        img.size_z,
+                        img.size_c,
+                        img.size_t,
+                        img.pixel_type,
+                    ),
                 )
                 if dataset_id is not None:
-                    db.execute("INSERT INTO dataset_image VALUES (?, ?)", (dataset_id, cur.lastrowid))
+                    db.execute(
+                        "INSERT INTO dataset_image VALUES (?, ?)", (dataset_id, cur.lastrowid)
+                    )
             self._event(db, "Fileset", fileset_id, "INSERT")
             return self._read_filesets(db, "WHERE f.id=?", (fileset_id,))[0]
 
@@ -461,13 +493,17 @@ class LocalCatalog:
         assert record.dataset_name is not None
         if record.project_name is None:
             found = newest("datasets", record.dataset_name)
-            return found if found is not None else create("datasets", "Dataset", record.dataset_name)
+            return (
+                found if found is not None else create("datasets", "Dataset", record.dataset_name)
+            )
         project_id = newest("projects", record.project_name)
         if project_id is None:
             project_id = create("projects", "Project", record.project_name)
         found = newest(
-            "datasets", record.dataset_name,
-            "JOIN project_dataset pd ON pd.dataset_id=t.id AND pd.project_id=?", (project_id,),
+            "datasets",
+            record.dataset_name,
+            "JOIN project_dataset pd ON pd.dataset_id=t.id AND pd.project_id=?",
+            (project_id,),
         )
         if found is not None:
             return found

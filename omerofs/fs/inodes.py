@@ -27,11 +27,34 @@ FILE_MODE = stat.S_IFREG | 0o444
 class Node:
     """A directory (``children`` set) or a file backed by a ManagedRepository entry."""
 
-    __slots__ = ("inode", "parent", "name", "seq", "uid", "gid", "mode", "mtime_ns", "size",
-                 "children", "order", "next_seq", "entry", "fileset_id", "stat_done")
+    __slots__ = (
+        "inode",
+        "parent",
+        "name",
+        "seq",
+        "uid",
+        "gid",
+        "mode",
+        "mtime_ns",
+        "size",
+        "children",
+        "order",
+        "next_seq",
+        "entry",
+        "fileset_id",
+        "stat_done",
+    )
 
-    def __init__(self, inode: int, parent: Node | None, name: str, uid: int, gid: int,
-                 mode: int, mtime_ns: int) -> None:
+    def __init__(
+        self,
+        inode: int,
+        parent: Node | None,
+        name: str,
+        uid: int,
+        gid: int,
+        mode: int,
+        mtime_ns: int,
+    ) -> None:
         self.inode = inode
         self.parent = parent
         self.name = name
@@ -64,8 +87,9 @@ class Node:
 class InodeTable:
     """Owns inode numbers: allocation, lookup by number and by (parent, name), removal."""
 
-    def __init__(self, uid: int = 0, gid: int = 0, mode: int = stat.S_IFDIR | 0o755,
-                 mtime_ns: int = 0) -> None:
+    def __init__(
+        self, uid: int = 0, gid: int = 0, mode: int = stat.S_IFDIR | 0o755, mtime_ns: int = 0
+    ) -> None:
         self._nodes: dict[int, Node] = {}
         self._next_inode = ROOT_INODE + 1
         self.root = self._register(Node(ROOT_INODE, None, "", uid, gid, mode, mtime_ns))
@@ -93,8 +117,16 @@ class InodeTable:
         assert parent.children is not None
         return parent.children.get(name)
 
-    def add(self, parent: Node, name: str, uid: int, gid: int, mode: int, mtime_ns: int,
-            inode: int | None = None) -> Node:
+    def add(
+        self,
+        parent: Node,
+        name: str,
+        uid: int,
+        gid: int,
+        mode: int,
+        mtime_ns: int,
+        inode: int | None = None,
+    ) -> Node:
         """Create a node under ``parent``; a directory if ``mode`` says so."""
         assert parent.children is not None and parent.order is not None
         assert name not in parent.children, name

@@ -37,8 +37,9 @@ def suffixed(name: str, tag: str, is_dir: bool) -> str:
 class UserLayout:
     """Builds and extends one user's subtree in the inode table."""
 
-    def __init__(self, table: InodeTable, home: Node, viewer: Viewer, snapshot: Snapshot,
-                 root_depth: int) -> None:
+    def __init__(
+        self, table: InodeTable, home: Node, viewer: Viewer, snapshot: Snapshot, root_depth: int
+    ) -> None:
         self.table = table
         self.home = home
         self.viewer = viewer
@@ -56,8 +57,9 @@ class UserLayout:
 
     def build(self) -> None:
         snap = self.snapshot
-        for gid in sorted(g.group_id for g in snap.memberships
-                          if g.experimenter_id == self.viewer.experimenter_id):
+        for gid in sorted(
+            g.group_id for g in snap.memberships if g.experimenter_id == self.viewer.experimenter_id
+        ):
             if gid in snap.groups and snap.groups[gid].name != "system":
                 self._group_dir(gid)
         self.add_containers(sorted(snap.projects), sorted(snap.datasets))
@@ -82,8 +84,11 @@ class UserLayout:
             dataset = snap.datasets[did]
             if not self.visible(dataset.owner_id, dataset.group_id):
                 continue
-            parents = [self._project_dirs[p] for p in sorted(projects_of.get(did, []))
-                       if p in self._project_dirs]
+            parents = [
+                self._project_dirs[p]
+                for p in sorted(projects_of.get(did, []))
+                if p in self._project_dirs
+            ]
             if not parents:
                 parents = [self._dir(self._group_dir(dataset.group_id), DATASETS)]
             self._dataset_dirs[did] = [self._container_dir(p, dataset) for p in parents]
@@ -113,7 +118,7 @@ class UserLayout:
     # -- helpers ---------------------------------------------------------------------
 
     def _place_named(self, target: Node, fs: Fileset, uid: int, gid: int, mtime: int) -> None:
-        rels = [e.repo_path[len(fs.template_prefix):] for e in fs.entries]
+        rels = [e.repo_path[len(fs.template_prefix) :] for e in fs.entries]
         tops = {r.split("/", 1)[0] for r in rels}
         if len(tops) == 1:
             top = tops.pop()
@@ -128,10 +133,11 @@ class UserLayout:
             name = self._claim(target, fs.entries[0].name, f"fs{fs.id}", True)
             self._place_files(self._dir(target, name, uid, gid, mtime), fs, uid, gid, mtime)
 
-    def _place_files(self, directory: Node, fs: Fileset, uid: int, gid: int, mtime: int,
-                     strip: str = "") -> None:
+    def _place_files(
+        self, directory: Node, fs: Fileset, uid: int, gid: int, mtime: int, strip: str = ""
+    ) -> None:
         for entry in fs.entries:
-            rel = entry.repo_path[len(fs.template_prefix) + len(strip):]
+            rel = entry.repo_path[len(fs.template_prefix) + len(strip) :]
             *dirs, name = rel.split("/")
             parent = directory
             for part in dirs:
@@ -139,8 +145,9 @@ class UserLayout:
             if self.table.child(parent, name) is None:
                 self._file(parent, name, fs, entry, uid, gid, mtime)
 
-    def _file(self, parent: Node, name: str, fs: Fileset, entry, uid: int, gid: int,
-              mtime: int) -> Node:
+    def _file(
+        self, parent: Node, name: str, fs: Fileset, entry, uid: int, gid: int, mtime: int
+    ) -> Node:
         node = self.table.add(parent, name, uid, gid, FILE_MODE, mtime)
         node.entry = entry
         node.fileset_id = fs.id
@@ -148,17 +155,28 @@ class UserLayout:
         self.touched.add(parent)
         return node
 
-    def _dir(self, parent: Node, name: str, uid: int | None = None, gid: int | None = None,
-             mtime: int | None = None) -> Node:
+    def _dir(
+        self,
+        parent: Node,
+        name: str,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime: int | None = None,
+    ) -> Node:
         """The directory ``name`` under ``parent``, created with the parent's ids if missing."""
         node = self.table.child(parent, name)
         if node is not None and node.is_dir:
             return node
         if node is not None:  # a file holds the name: the directory gets a tagged one
             name = self._claim(parent, name, "dir", True)
-        node = self.table.add(parent, name, parent.uid if uid is None else uid,
-                              parent.gid if gid is None else gid, DIR_MODE,
-                              parent.mtime_ns if mtime is None else mtime)
+        node = self.table.add(
+            parent,
+            name,
+            parent.uid if uid is None else uid,
+            parent.gid if gid is None else gid,
+            DIR_MODE,
+            parent.mtime_ns if mtime is None else mtime,
+        )
         self.touched.add(parent)
         return node
 
@@ -174,8 +192,9 @@ class UserLayout:
         owner = self.snapshot.experimenters.get(container.owner_id)
         name = self._claim(parent, sanitize_name(container.name), str(container.id), True)
         gid = self.snapshot.groups[container.group_id].gid
-        node = self.table.add(parent, name, owner.uid if owner else 0, gid, DIR_MODE,
-                              parent.mtime_ns)
+        node = self.table.add(
+            parent, name, owner.uid if owner else 0, gid, DIR_MODE, parent.mtime_ns
+        )
         self.touched.add(parent)
         return node
 

@@ -6,6 +6,7 @@ daemon leaves a stale mount that the next ``omerofs mount`` detects and clears.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import faulthandler
 import logging
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 
 # -- mountpoints -------------------------------------------------------------------------
+
 
 def mount_table() -> dict[str, tuple[str, str]]:
     """Mountpoint -> (fstype, "major:minor") from /proc/self/mountinfo (no FS access)."""
@@ -57,8 +59,10 @@ def prepare_mountpoint(mountpoint: Path) -> Path:
             if exc.errno != errno.ENOTCONN:
                 raise MountError(f"{mountpoint}: {exc.strerror}") from None
             fusermount_unmount(mountpoint, lazy=True)
-            print(f"omerofs: cleared a stale mount at {mountpoint} (its daemon had died)",
-                  file=sys.stderr)
+            print(
+                f"omerofs: cleared a stale mount at {mountpoint} (its daemon had died)",
+                file=sys.stderr,
+            )
         else:
             raise MountError(f"{mountpoint} is already mounted")
     if not mountpoint.exists():
@@ -105,6 +109,7 @@ def set_read_ahead(mountpoint: Path, kib: int) -> None:
 
 # -- the daemon --------------------------------------------------------------------------
 
+
 def serve_view(config: RepoConfig, mountpoint: Path) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
@@ -112,7 +117,11 @@ def serve_view(config: RepoConfig, mountpoint: Path) -> None:
     view = RepositoryView(catalog.snapshot(), expand_root_depth(config.template))
     ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout)
     options = set(pyfuse3.default_options) | {
-        "fsname=omerofs", "subtype=omerofs", "allow_other", "ro", "default_permissions",
+        "fsname=omerofs",
+        "subtype=omerofs",
+        "allow_other",
+        "ro",
+        "default_permissions",
     }
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     pyfuse3.init(ops, str(mountpoint), options)
@@ -163,15 +172,11 @@ async def follow_catalog(view: RepositoryView, catalog: LocalCatalog, interval: 
 def _invalidate(inval: Invalidation) -> None:
     """Tell the kernel what changed (from a worker thread: these calls may block)."""
     for parent, name in inval.entries:
-        try:
+        with contextlib.suppress(OSError):
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name))
-        except OSError:
-            pass
     for inode in inval.inodes:
-        try:
+        with contextlib.suppress(OSError):  # the kernel never saw it: nothing to drop
             pyfuse3.invalidate_inode(inode, attr_only=False)
-        except OSError:
-            pass  # the kernel never saw it: nothing to drop
 
 
 def spawn_daemon(config: RepoConfig, mountpoint: Path, timeout: float = 30.0) -> int:
@@ -181,9 +186,20 @@ def spawn_daemon(config: RepoConfig, mountpoint: Path, timeout: float = 30.0) ->
     log_path = config.log_dir / "mount.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "omerofs.cli", "-r", str(config.root), "mount",
-             str(mountpoint), "--foreground"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "omerofs.cli",
+                "-r",
+                str(config.root),
+                "mount",
+                str(mountpoint),
+                "--foreground",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,8 +20,12 @@ from omerofs.fs.inodes import Node, refresh_file_stat
 from omerofs.fs.view import RepositoryView
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
-XATTRS = (b"user.omero.fileset", b"user.omero.sha1", b"user.omero.client_path",
-          b"user.omero.repo_path")
+XATTRS = (
+    b"user.omero.fileset",
+    b"user.omero.sha1",
+    b"user.omero.client_path",
+    b"user.omero.repo_path",
+)
 
 
 def translate_errors(func: F) -> F:
@@ -79,8 +83,9 @@ class ViewOperations(pyfuse3.Operations):
     # -- namespace -------------------------------------------------------------------
 
     @translate_errors
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
-                     ) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
@@ -108,8 +113,9 @@ class ViewOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self._dir(fh)
         for node in self.table.listing(directory, start_id):
-            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self.attributes(node),
-                                         node.seq):
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(node.name), self.attributes(node), node.seq
+            ):
                 break
 
     async def releasedir(self, fh: int) -> None:
@@ -142,8 +148,17 @@ class ViewOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         st = os.statvfs(self.managed_dir)
         data = pyfuse3.StatvfsData()
-        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
-                     "f_ffree", "f_favail", "f_namemax"):
+        for attr in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(data, attr, getattr(st, attr))
         return data
 

@@ -19,8 +19,13 @@ from omerofs.identity import make_viewer
 from omerofs.template import sanitize_name
 
 HOME_MODE = stat.S_IFDIR | 0o500
-_ADDITIVE = {("Fileset", "INSERT"), ("Project", "INSERT"), ("Dataset", "INSERT"),
-             ("ExperimenterGroup", "INSERT"), ("Experimenter", "INSERT")}
+_ADDITIVE = {
+    ("Fileset", "INSERT"),
+    ("Project", "INSERT"),
+    ("Dataset", "INSERT"),
+    ("ExperimenterGroup", "INSERT"),
+    ("Experimenter", "INSERT"),
+}
 # changes that alter what one user (the event's entity id) may see
 _PER_USER = {("GroupExperimenterMap", "INSERT"), ("GroupExperimenterMap", "UPDATE")}
 
@@ -61,13 +66,20 @@ class RepositoryView:
                 del self._homes[exp_id]
                 self._layouts.pop(exp_id, None)
         for exp in sorted(snap.experimenters.values(), key=lambda e: e.id):
-            group = snap.groups.get(exp.default_group_id) if exp.default_group_id is not None else None
+            group = (
+                snap.groups.get(exp.default_group_id) if exp.default_group_id is not None else None
+            )
             gid = group.gid if group else 0
             home = self._homes.get(exp.id)
             if home is None:
                 self._homes[exp.id] = self.table.add(
-                    self.table.root, sanitize_name(exp.name), exp.uid, gid, HOME_MODE,
-                    self.table.root.mtime_ns)
+                    self.table.root,
+                    sanitize_name(exp.name),
+                    exp.uid,
+                    gid,
+                    HOME_MODE,
+                    self.table.root.mtime_ns,
+                )
                 inval.inodes.add(self.table.root.inode)
             elif (home.uid, home.gid) != (exp.uid, gid):
                 home.uid, home.gid = exp.uid, gid
@@ -88,8 +100,11 @@ class RepositoryView:
     def _build(self, exp_id: int, home: Node) -> UserLayout:
         snap = self.snapshot
         exp = snap.experimenters[exp_id]
-        viewer = make_viewer(exp.id, exp.admin, ((m.group_id, m.owner) for m in snap.memberships
-                                                  if m.experimenter_id == exp.id))
+        viewer = make_viewer(
+            exp.id,
+            exp.admin,
+            ((m.group_id, m.owner) for m in snap.memberships if m.experimenter_id == exp.id),
+        )
         layout = UserLayout(self.table, home, viewer, snap, self.root_depth)
         layout.build()
         layout.touched.clear()
@@ -154,6 +169,9 @@ class RepositoryView:
                 inval.inodes.add(new.inode)
 
     def stats(self) -> dict[str, int]:
-        return {"inodes": len(self.table), "materialized_users": len(self._layouts),
-                "filesets": len(self.snapshot.filesets),
-                "nodes_below_homes": sum(1 for h in self._homes.values() for _ in walk(h))}
+        return {
+            "inodes": len(self.table),
+            "materialized_users": len(self._layouts),
+            "filesets": len(self.snapshot.filesets),
+            "nodes_below_homes": sum(1 for h in self._homes.values() for _ in walk(h)),
+        }

@@ -10,6 +10,7 @@ half an import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -20,7 +21,14 @@ from datetime import datetime
 from pathlib import Path
 
 from omerofs.catalog.local import LocalCatalog
-from omerofs.catalog.protocol import Experimenter, Fileset, Group, ImageInfo, ImportRecord, PlacedFile
+from omerofs.catalog.protocol import (
+    Experimenter,
+    Fileset,
+    Group,
+    ImageInfo,
+    ImportRecord,
+    PlacedFile,
+)
 from omerofs.config import RepoConfig
 from omerofs.errors import AccessDenied, ImportFailed, OmerofsError, UnknownFormat, UsageError
 from omerofs.ingest import transfer
@@ -50,9 +58,15 @@ class Target:
         for part in parts:
             kind, sep, rest = part.partition(":")
             key, sep2, name = rest.partition(":")
-            if not (sep and sep2) or key != "name" or kind not in ("Project", "Dataset") or not name:
-                raise UsageError(f"bad target {text!r}: expected Dataset:name:D or "
-                                 "Project:name:P/Dataset:name:D")
+            if (
+                not (sep and sep2)
+                or key != "name"
+                or kind not in ("Project", "Dataset")
+                or not name
+            ):
+                raise UsageError(
+                    f"bad target {text!r}: expected Dataset:name:D or Project:name:P/Dataset:name:D"
+                )
             if name[0] in "+-%@":
                 raise UsageError(f"bad target {text!r}: name qualifiers are not supported")
             found[kind] = name
@@ -104,7 +118,8 @@ class Importer:
         if any(m.group_id == grp.id and m.owner for m in self.catalog.memberships_of(caller.id)):
             return
         raise AccessDenied(
-            f"{caller.name!r} may not import as {owner.name!r} (needs admin or owner of {grp.name!r})"
+            f"{caller.name!r} may not import as {owner.name!r} "
+            f"(needs to be an admin or an owner of {grp.name!r})"
         )
 
     # -- importing -------------------------------------------------------------------
@@ -148,14 +163,30 @@ class Importer:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 sha1 = self._place(mode, f.path, dest)
                 rel_dir, _, name = (prefix + f.rel_name).rpartition("/")
-                placed.append(PlacedFile(f.client_path, rel_dir + "/", name,
-                                         os.stat(dest).st_size, sha1, _mimetype(f.path)))
+                placed.append(
+                    PlacedFile(
+                        f.client_path,
+                        rel_dir + "/",
+                        name,
+                        os.stat(dest).st_size,
+                        sha1,
+                        _mimetype(f.path),
+                    )
+                )
             os.rename(staging, final)  # replaces our own empty reservation atomically
-            fileset = self.catalog.record_import(ImportRecord(
-                owner_id=owner.id, group_id=group.id, template_prefix=prefix, transfer=mode,
-                created=started.timestamp(), files=tuple(placed), images=tuple(images),
-                project_name=target.project, dataset_name=target.dataset,
-            ))
+            fileset = self.catalog.record_import(
+                ImportRecord(
+                    owner_id=owner.id,
+                    group_id=group.id,
+                    template_prefix=prefix,
+                    transfer=mode,
+                    created=started.timestamp(),
+                    files=tuple(placed),
+                    images=tuple(images),
+                    project_name=target.project,
+                    dataset_name=target.dataset,
+                )
+            )
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(final, ignore_errors=True)
@@ -164,8 +195,14 @@ class Importer:
                 raise ImportFailed(f"{plan.root}: {exc.strerror or exc}") from None
             raise
         self._write_log(final, plan, fileset, mode, owner, group, target)
-        log.info("imported %s as fileset %d (%s, %s) into %s", plan.root, fileset.id,
-                 owner.name, group.name, prefix)
+        log.info(
+            "imported %s as fileset %d (%s, %s) into %s",
+            plan.root,
+            fileset.id,
+            owner.name,
+            group.name,
+            prefix,
+        )
         if transfer.removes_source(mode):
             self._remove_sources(plan, before)
         return fileset
@@ -194,8 +231,16 @@ class Importer:
             except UnknownFormat:
                 continue  # a companion file, fine inside a multi-file fileset
             images.extend(
-                ImageInfo(len(images) + i, m.name, m.size_x, m.size_y, m.size_z, m.size_c,
-                          m.size_t, m.pixel_type)
+                ImageInfo(
+                    len(images) + i,
+                    m.name,
+                    m.size_x,
+                    m.size_y,
+                    m.size_z,
+                    m.size_c,
+                    m.size_t,
+                    m.pixel_type,
+                )
                 for i, m in enumerate(more)
             )
         return images
@@ -206,8 +251,16 @@ class Importer:
             if attempt:
                 time.sleep(0.001)
                 when = datetime.now()
-            ctx = TemplateContext(owner.name, owner.id, group.name, group.id, group.level.perms,
-                                  when, session=uuid.uuid4().hex, session_id=os.getpid())
+            ctx = TemplateContext(
+                owner.name,
+                owner.id,
+                group.name,
+                group.id,
+                group.level.perms,
+                when,
+                session=uuid.uuid4().hex,
+                session_id=os.getpid(),
+            )
             prefix, _ = expand(self.config.template, ctx)
             parts = prefix.rstrip("/").split("/")
             if attempt >= 5:  # a template without a unique last part: add a counter
@@ -234,8 +287,16 @@ class Importer:
                 return
             directory = directory.parent
 
-    def _write_log(self, final: Path, plan: SourceFileset, fileset: Fileset, mode: str,
-                   owner: Experimenter, group: Group, target: Target) -> None:
+    def _write_log(
+        self,
+        final: Path,
+        plan: SourceFileset,
+        fileset: Fileset,
+        mode: str,
+        owner: Experimenter,
+        group: Group,
+        target: Target,
+    ) -> None:
         lines = [
             f"{datetime.now().isoformat(timespec='milliseconds')} omerofs import",
             f"fileset: {fileset.id}",
@@ -244,8 +305,10 @@ class Importer:
             f"target: {target.project or '-'} / {target.dataset or '-'}",
             f"images: {fileset.image_count}",
         ]
-        lines += [f"file: {e.client_path} -> {e.repo_path} sha1={e.hash} size={e.size}"
-                  for e in fileset.entries]
+        lines += [
+            f"file: {e.client_path} -> {e.repo_path} sha1={e.hash} size={e.size}"
+            for e in fileset.entries
+        ]
         log_path = final.parent / (final.name + ".log")
         try:
             log_path.write_text("\n".join(lines) + "\n")
@@ -262,10 +325,8 @@ class Importer:
             os.unlink(f.path)
         if plan.root.is_dir():
             for dirpath, _, _ in sorted(os.walk(plan.root), key=lambda t: -len(t[0])):
-                try:
+                with contextlib.suppress(OSError):  # not empty: something stays, fine
                     os.rmdir(dirpath)
-                except OSError:
-                    pass
 
 
 def _signature(path: Path) -> tuple[int, int]:

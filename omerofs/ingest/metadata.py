@@ -14,12 +14,33 @@ from omerofs.catalog.protocol import ImageInfo
 from omerofs.errors import UnknownFormat
 
 _PIXEL_TYPES = {
-    "bool": "bit", "uint8": "uint8", "int8": "int8", "uint16": "uint16", "int16": "int16",
-    "uint32": "uint32", "int32": "int32", "float32": "float", "float64": "double",
-    "complex64": "complex", "complex128": "double-complex",
+    "bool": "bit",
+    "uint8": "uint8",
+    "int8": "int8",
+    "uint16": "uint16",
+    "int16": "int16",
+    "uint32": "uint32",
+    "int32": "int32",
+    "float32": "float",
+    "float64": "double",
+    "complex64": "complex",
+    "complex128": "double-complex",
 }
-IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8", ".lsm", ".stk", ".ndpi", ".svs",
-                  ".scn", ".qptiff", ".gel", ".flex")
+IMAGE_SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".btf",
+    ".tf2",
+    ".tf8",
+    ".lsm",
+    ".stk",
+    ".ndpi",
+    ".svs",
+    ".scn",
+    ".qptiff",
+    ".gel",
+    ".flex",
+)
 
 
 def looks_like_image(path: Path) -> bool:
@@ -53,5 +74,6 @@ def _image(filename: str, index: int, series: tifffile.TiffPageSeries, count: in
     label = series.name or f"#{index}"
     name = filename if count == 1 else f"{filename} [{label}]"
     pixel_type = _PIXEL_TYPES.get(str(series.dtype), str(series.dtype))
-    return ImageInfo(index, name, sizes["X"], sizes["Y"], sizes["Z"], sizes["C"], sizes["T"],
-                     pixel_type)
+    return ImageInfo(
+        index, name, sizes["X"], sizes["Y"], sizes["Z"], sizes["C"], sizes["T"], pixel_type
+    )

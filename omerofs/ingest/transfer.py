@@ -83,7 +83,7 @@ def _copy(source: Path, target: Path) -> str:
     with open(source, "rb", buffering=0) as src, _create(target) as dst:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
-            dst.write(chunk)
+            write_all(dst.fileno(), chunk)
         dst.flush()
         os.fsync(dst.fileno())
     return _verify(target, digest.hexdigest())
@@ -99,7 +99,7 @@ class RepositoryUploader:
         self.target = target
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        write_all(self._file.fileno(), data)
         self._digest.update(data)
 
     def close(self) -> str:
@@ -122,6 +122,14 @@ def _upload(source: Path, target: Path) -> str:
     if received != digest.hexdigest():
         raise ChecksumMismatch(f"{source}: repository received different bytes than were sent")
     return _verify(target, digest.hexdigest())
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written: a short write (disk nearly full) must
+    turn into ENOSPC on the next call, never into silently missing bytes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _create(target: Path):  # noqa: ANN202 - a raw binary file object

@@ -1,0 +1,66 @@
+"""Transfer modes on real files, including a second filesystem for cross-device links."""
+
+import os
+
+import pytest
+
+from omerofs.errors import ChecksumMismatch, ImportFailed, UsageError
+from omerofs.ingest import transfer
+from tests.conftest import needs_root
+
+
+@pytest.fixture
+def source(world_dir):
+    path = world_dir / "src.bin"
+    path.write_bytes(os.urandom(3 * transfer.CHUNK + 17))
+    return path
+
+
+@pytest.mark.parametrize("mode", transfer.MODES)
+def test_every_mode_places_and_verifies(world_dir, source, mode) -> None:
+    target = world_dir / f"placed-{mode}"
+    sha1 = transfer.place(mode, source, target)
+    assert sha1 == transfer.sha1_file(source) == transfer.sha1_file(target)
+    kind = transfer.base_mode(mode)
+    assert os.path.islink(target) == (kind == "ln_s")
+    assert (os.stat(target).st_ino == os.stat(source).st_ino) == (kind in ("ln", "ln_s"))
+    assert source.exists()  # removing sources is the importer's job, after the commit
+
+
+def test_unknown_mode() -> None:
+    with pytest.raises(UsageError, match="unknown transfer mode 'mv'"):
+        transfer.base_mode("mv")
+
+
+@pytest.mark.parametrize("mode", ["cp", "upload"])
+def test_existing_target_is_never_overwritten(world_dir, source, mode) -> None:
+    target = world_dir / "taken"
+    target.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        transfer.place(mode, source, target)
+    assert target.read_bytes() == b"keep me"
+
+
+@needs_root
+def test_hardlink_across_filesystems_fails_cleanly(tmpfs, source) -> None:
+    other = tmpfs("otherfs")
+    with pytest.raises(ImportFailed, match="same filesystem|repository's filesystem"):
+        transfer.place("ln", source, other / "x")
+    assert not (other / "x").exists()
+
+
+def test_verify_detects_corruption(world_dir, source) -> None:
+    target = world_dir / "copy"
+    expected = transfer.place("cp", source, target)
+    with open(target, "r+b") as f:
+        f.seek(5)
+        f.write(b"\xff\x00")
+    with pytest.raises(ChecksumMismatch, match="does not match"):
+        transfer._verify(target, expected)
+
+
+def test_uploader_hashes_what_it_received(world_dir) -> None:
+    up = transfer.RepositoryUploader(world_dir / "up")
+    up.write(b"abc")
+    up.write(b"def")
+    assert up.close() == transfer.sha1_file(world_dir / "up")

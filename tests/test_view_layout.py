@@ -1,0 +1,163 @@
+"""The view's tree without FUSE: who sees what, where, under which names and ids."""
+
+from omerofs.fs.inodes import walk
+from omerofs.fs.layout import suffixed
+from omerofs.fs.view import RepositoryView
+from tests.conftest import make_tiff
+
+
+def _paths(view: RepositoryView, user: str) -> set[str]:
+    home = view.table.child(view.table.root, user)
+    view.materialize(home)
+    return {n.path() for n in walk(home) if n.entry is not None}
+
+
+def _view(repo) -> RepositoryView:
+    return RepositoryView(repo.catalog.snapshot(), root_depth=1)
+
+
+def _files(repo, world_dir):
+    """One fileset per (owner, group); returns {label: fileset}."""
+    made = {}
+    for i, (user, group) in enumerate(
+        [("alice", "priv"), ("alice", "ro"), ("alice", "ra"), ("alice", "rw"), ("bob", "priv")]
+    ):
+        src = make_tiff(world_dir / "src" / f"{user}-{group}.tif", seed=i)
+        made[f"{user}-{group}"] = repo.import_file(
+            src, user, group, "cp", f"Project:name:P-{group}/Dataset:name:D"
+        )
+    return made
+
+
+def _visible(view, user) -> set[str]:
+    return {
+        p.rsplit("/", 1)[1].removesuffix(".tif")
+        for p in _paths(view, user)
+        if "/ManagedRepository/" in p
+    }
+
+
+def test_each_user_sees_exactly_what_omero_shows(populated, world_dir) -> None:
+    _files(populated, world_dir)
+    view = _view(populated)
+    everything = {"alice-priv", "alice-ro", "alice-ra", "alice-rw", "bob-priv"}
+    assert _visible(view, "alice") == {"alice-priv", "alice-ro", "alice-ra", "alice-rw"}
+    assert _visible(view, "bob") == {"bob-priv", "alice-ro", "alice-ra", "alice-rw"}
+    assert _visible(view, "carol") == {"alice-ro"}  # member of ro only (default group)
+    assert _visible(view, "olga") == {"alice-priv", "bob-priv"}  # owner of the private group
+    assert _visible(view, "adam") == everything  # admin
+    assert _visible(view, "root") == everything
+
+
+def test_both_layouts_and_attributes(populated, world_dir) -> None:
+    fs = _files(populated, world_dir)["alice-ro"]
+    view = _view(populated)
+    paths = _paths(view, "carol")
+    managed = f"/carol/ManagedRepository/{fs.template_prefix}alice-ro.tif"
+    named = "/carol/Groups/ro/Projects/P-ro/D/alice-ro.tif"
+    assert {managed, named} <= paths
+    home = view.table.child(view.table.root, "carol")
+    assert (home.uid, oct(home.mode & 0o777)) == (3003, "0o500")
+    node = view.table.child(
+        view.table.child(
+            view.table.child(
+                view.table.child(
+                    view.table.child(view.table.child(home, "Groups"), "ro"), "Projects"
+                ),
+                "P-ro",
+            ),
+            "D",
+        ),
+        "alice-ro.tif",
+    )
+    assert (node.uid, node.gid, oct(node.mode & 0o777)) == (3001, 71002, "0o444")
+    root_owned = view.table.child(view.table.child(home, "ManagedRepository"), "alice_2")
+    assert root_owned.uid == 0  # OMERO: directories before // belong to root
+
+
+def test_different_users_get_different_inodes(populated, world_dir) -> None:
+    _files(populated, world_dir)
+    view = _view(populated)
+    view.materialize(view.table.child(view.table.root, "alice"))
+    view.materialize(view.table.child(view.table.root, "bob"))
+    a = {n.inode for n in walk(view.table.child(view.table.root, "alice"))}
+    b = {n.inode for n in walk(view.table.child(view.table.root, "bob"))}
+    assert a and b and not a & b
+
+
+def test_orphans_datasets_and_name_collisions(populated, world_dir) -> None:
+    first = populated.import_file(make_tiff(world_dir / "a" / "img.tif", seed=1), "alice", "ro")
+    second = populated.import_file(make_tiff(world_dir / "b" / "img.tif", seed=2), "alice", "ro")
+    populated.import_file(
+        make_tiff(world_dir / "c" / "solo.tif"), "alice", "ro", target="Dataset:name:Loose"
+    )
+    view = _view(populated)
+    paths = _paths(view, "alice")
+    assert "/alice/Groups/ro/Orphans/img.tif" in paths
+    assert f"/alice/Groups/ro/Orphans/img~fs{second.id}.tif" in paths
+    assert "/alice/Groups/ro/Datasets/Loose/solo.tif" in paths
+    assert first.id < second.id
+
+
+def test_duplicate_container_names(populated, world_dir) -> None:
+    populated.import_file(make_tiff(world_dir / "x.tif"), "alice", "rw", target="Dataset:name:D")
+    populated.import_file(make_tiff(world_dir / "y.tif"), "bob", "rw", target="Dataset:name:D")
+    paths = _paths(_view(populated), "alice")
+    ds = populated.catalog.snapshot().datasets
+    bob_ds = max(ds)
+    assert "/alice/Groups/rw/Datasets/D/x.tif" in paths
+    assert f"/alice/Groups/rw/Datasets/D~{bob_ds}/y.tif" in paths
+
+
+def test_suffixed_names() -> None:
+    assert suffixed("img.ome.tif", "fs7", False) == "img~fs7.ome.tif"
+    assert suffixed("run", "fs7", True) == "run~fs7"
+    assert suffixed(".hidden", "fs7", False) == ".hidden~fs7"
+
+
+def test_incremental_equals_full_build(populated, world_dir) -> None:
+    """Following the catalog must give the same tree a fresh mount would build."""
+    _files(populated, world_dir)
+    live = _view(populated)
+    for user in ("alice", "bob", "olga"):
+        _paths(live, user)
+    for i in range(4):
+        populated.import_file(
+            make_tiff(world_dir / "more" / f"m{i}.tif", seed=9 + i),
+            "bob",
+            "ro" if i % 2 else "priv",
+            "cp",
+            f"Dataset:name:New{i % 2}",
+        )
+    populated.import_file(
+        make_tiff(world_dir / "more" / "dup" / "alice-ro.tif"),
+        "alice",
+        "ro",
+        "cp",
+        "Project:name:P-ro/Dataset:name:D",
+    )
+    inval = live.apply(populated.catalog.changes(live.event_id))
+    assert inval.inodes and not inval.entries
+    fresh = _view(populated)
+    for user in ("alice", "bob", "olga"):
+        assert _paths(live, user) == _paths(fresh, user)
+
+
+def test_membership_change_rebuilds_one_user_keeping_inodes(populated, world_dir) -> None:
+    _files(populated, world_dir)
+    live = _view(populated)
+    _paths(live, "carol")
+    before = {n.path(): n.inode for n in walk(live.table.child(live.table.root, "carol"))}
+    populated.catalog.add_member("rw", "carol")
+    live.apply(populated.catalog.changes(live.event_id))
+    after = {n.path(): n.inode for n in walk(live.table.child(live.table.root, "carol"))}
+    assert "/carol/Groups/rw/Projects/P-rw/D/alice-rw.tif" in after
+    assert all(after[p] == ino for p, ino in before.items())  # surviving paths keep inodes
+
+
+def test_new_users_get_homes(populated) -> None:
+    live = _view(populated)
+    populated.catalog.add_experimenter("newbie", 4444, default_group="ro")
+    inval = live.apply(populated.catalog.changes(live.event_id))
+    home = live.table.child(live.table.root, "newbie")
+    assert home is not None and home.uid == 4444 and live.table.root.inode in inval.inodes
