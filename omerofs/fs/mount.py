@@ -54,7 +54,7 @@ def prepare_mountpoint(mountpoint: Path) -> Path:
     mountpoint = Path(os.path.abspath(mountpoint))
     if is_mounted(mountpoint):
         try:
-            os.stat(mountpoint)
+            os.statvfs(mountpoint)  # statfs always reaches the daemon; stat may be cached
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:
                 raise MountError(f"{mountpoint}: {exc.strerror}") from None
