@@ -7,6 +7,7 @@ import grp
 import json
 import logging
 import os
+import sqlite3
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     except OmerofsError as exc:
         print(f"omerofs: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
+    except (OSError, sqlite3.Error) as exc:  # unexpected, but still one line, not a traceback
+        print(f"omerofs: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -57,6 +57,12 @@ class ChecksumMismatch(ImportFailed):
     errno = errno.EIO
 
 
+class CatalogUnavailable(OmerofsError):
+    """The catalog cannot be opened or written (permissions, corruption, lock timeout)."""
+
+    errno = errno.EIO
+
+
 class MountError(OmerofsError):
     """The mountpoint is unusable (missing, not empty, already mounted)."""
 

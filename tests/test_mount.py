@@ -29,10 +29,16 @@ UIDS = {"alice": 3001, "bob": 3002, "carol": 3003, "olga": 3004, "adam": 3005}
 def scene(populated, world_dir):
     """Filesets of alice and bob in every group kind; returns {label: (fileset, source)}."""
     made = {}
-    for i, (user, group, mode) in enumerate([
-        ("alice", "priv", "cp"), ("alice", "ro", "ln"), ("alice", "ra", "ln_s"),
-        ("alice", "rw", "upload"), ("bob", "priv", "cp"), ("bob", "ro", "cp"),
-    ]):
+    for i, (user, group, mode) in enumerate(
+        [
+            ("alice", "priv", "cp"),
+            ("alice", "ro", "ln"),
+            ("alice", "ra", "ln_s"),
+            ("alice", "rw", "upload"),
+            ("bob", "priv", "cp"),
+            ("bob", "ro", "cp"),
+        ]
+    ):
         src = make_tiff(world_dir / "sources" / f"{user}-{group}.tif", seed=i)
         fs = populated.import_file(src, user, group, mode, f"Project:name:{group}P/Dataset:name:D")
         made[f"{user}-{group}"] = (fs, src)
@@ -40,8 +46,9 @@ def scene(populated, world_dir):
 
 
 def run_as(user: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(as_user(UIDS[user], list(cmd)), capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        as_user(UIDS[user], list(cmd)), capture_output=True, text=True, timeout=60
+    )
 
 
 def visible_names(mountpoint, user: str) -> set[str]:
@@ -94,8 +101,10 @@ def test_attributes_map_owner_group_and_modes(populated, scene, mount_view) -> N
     st = os.stat(f"{view.mountpoint}/bob/ManagedRepository/{fs.entries[0].repo_path}")
     assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (3001, 71002, "0o444")
     assert st.st_size == src.stat().st_size
-    assert st.st_mtime_ns == os.stat(populated.config.managed_dir / fs.entries[0].repo_path
-                                     ).st_mtime_ns
+    assert (
+        st.st_mtime_ns
+        == os.stat(populated.config.managed_dir / fs.entries[0].repo_path).st_mtime_ns
+    )
     home = os.stat(f"{view.mountpoint}/bob")
     assert (home.st_uid, oct(home.st_mode & 0o777)) == (3002, "0o500")
     path = f"{view.mountpoint}/alice/ManagedRepository/{fs.entries[0].repo_path}"
@@ -103,18 +112,31 @@ def test_attributes_map_owner_group_and_modes(populated, scene, mount_view) -> N
     assert os.getxattr(path, "user.omero.sha1").decode() == fs.entries[0].hash
 
 
-@pytest.mark.parametrize("action", [
-    lambda p, f: open(f, "ab"),
-    lambda p, f: open(os.path.join(p, "new.txt"), "w"),
-    lambda p, f: os.mkdir(os.path.join(p, "newdir")),
-    lambda p, f: os.unlink(f),
-    lambda p, f: os.rename(f, f + ".x"),
-    lambda p, f: os.chmod(f, 0o644),
-    lambda p, f: os.truncate(f, 0),
-    lambda p, f: os.setxattr(f, "user.x", b"1"),
-    lambda p, f: os.symlink("x", os.path.join(p, "ln")),
-], ids=["append", "create", "mkdir", "unlink", "rename", "chmod", "truncate", "setxattr",
-        "symlink"])
+@pytest.mark.parametrize(
+    "action",
+    [
+        lambda p, f: open(f, "ab"),
+        lambda p, f: open(os.path.join(p, "new.txt"), "w"),
+        lambda p, f: os.mkdir(os.path.join(p, "newdir")),
+        lambda p, f: os.unlink(f),
+        lambda p, f: os.rename(f, f + ".x"),
+        lambda p, f: os.chmod(f, 0o644),
+        lambda p, f: os.truncate(f, 0),
+        lambda p, f: os.setxattr(f, "user.x", b"1"),
+        lambda p, f: os.symlink("x", os.path.join(p, "ln")),
+    ],
+    ids=[
+        "append",
+        "create",
+        "mkdir",
+        "unlink",
+        "rename",
+        "chmod",
+        "truncate",
+        "setxattr",
+        "symlink",
+    ],
+)
 def test_writes_fail_with_erofs(populated, scene, mount_view, action) -> None:
     view = mount_view(populated)
     fs, src = scene["alice-ro"]
@@ -133,18 +155,43 @@ def test_new_import_appears_without_remount(populated, scene, mount_view, world_
     before = set(run_as("carol", "ls", orphans).stdout.split())  # warm the kernel caches
     assert not os.path.exists(dataset)
     src = make_tiff(world_dir / "late" / "late.tif", seed=42)
-    res = run_cli("-r", str(populated.config.root), "import", str(src), "--user", "bob",
-                  "--group", "ro", "-T", "Dataset:name:Fresh")
+    res = run_cli(
+        "-r",
+        str(populated.config.root),
+        "import",
+        str(src),
+        "--user",
+        "bob",
+        "--group",
+        "ro",
+        "-T",
+        "Dataset:name:Fresh",
+    )
     assert res.returncode == 0, res.stderr
-    wait_for(lambda: "late.tif" in run_as("carol", "ls", dataset).stdout, timeout=10,
-             what="the new import in carol's view")
+    wait_for(
+        lambda: "late.tif" in run_as("carol", "ls", dataset).stdout,
+        timeout=10,
+        what="the new import in carol's view",
+    )
     assert set(run_as("carol", "ls", orphans).stdout.split()) == before
     # a fileset carol may not see never shows up
     hidden = make_tiff(world_dir / "late" / "hidden.tif", seed=43)
-    run_cli("-r", str(populated.config.root), "import", str(hidden), "--user", "bob",
-            "--group", "priv", check=True)
-    wait_for(lambda: "hidden" in run_as("olga", "find", f"{view.mountpoint}/olga").stdout,
-             timeout=10, what="the private import in the group owner's view")
+    run_cli(
+        "-r",
+        str(populated.config.root),
+        "import",
+        str(hidden),
+        "--user",
+        "bob",
+        "--group",
+        "priv",
+        check=True,
+    )
+    wait_for(
+        lambda: "hidden" in run_as("olga", "find", f"{view.mountpoint}/olga").stdout,
+        timeout=10,
+        what="the private import in the group owner's view",
+    )
     assert "hidden" not in run_as("carol", "find", f"{view.mountpoint}/carol").stdout
 
 
@@ -152,8 +199,11 @@ def test_new_member_sees_group_after_joining(populated, scene, mount_view) -> No
     view = mount_view(populated)
     assert visible_names(view.mountpoint, "carol") == {"alice-ro", "bob-ro"}
     run_cli("-r", str(populated.config.root), "group", "add-member", "rw", "carol", check=True)
-    wait_for(lambda: "alice-rw" in visible_names(view.mountpoint, "carol"), timeout=10,
-             what="group membership to take effect")
+    wait_for(
+        lambda: "alice-rw" in visible_names(view.mountpoint, "carol"),
+        timeout=10,
+        what="group membership to take effect",
+    )
 
 
 def test_sigterm_unmounts_cleanly(populated, world_dir) -> None:
@@ -208,11 +258,14 @@ def _daemons_for(mp) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("setup,message", [
-    (lambda mp: None, "does not exist"),
-    (lambda mp: (mp.mkdir(), (mp / "f").write_text("x")), "is not empty"),
-    (lambda mp: mp.write_text("x"), "is not a directory"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda mp: None, "does not exist"),
+        (lambda mp: (mp.mkdir(), (mp / "f").write_text("x")), "is not empty"),
+        (lambda mp: mp.write_text("x"), "is not a directory"),
+    ],
+)
 def test_bad_mountpoints(populated, world_dir, setup, message) -> None:
     mp = world_dir / "bad"
     setup(mp)

@@ -28,7 +28,7 @@ from omerofs.catalog.protocol import (
     Membership,
     Snapshot,
 )
-from omerofs.errors import AlreadyExists, NotFound, UsageError
+from omerofs.errors import AlreadyExists, CatalogUnavailable, NotFound, UsageError
 from omerofs.identity import PermissionLevel
 
 SCHEMA_VERSION = 1
@@ -136,18 +136,21 @@ class LocalCatalog:
         if not create and not self.path.exists():
             raise NotFound(f"catalog {self.path} does not exist")
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        if create:
-            self._create()
-        else:
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None or int(row[0]) != SCHEMA_VERSION:
-                raise UsageError(f"catalog {self.path} has an unsupported schema")
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            if create:
+                self._create()
+            else:
+                row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None or int(row[0]) != SCHEMA_VERSION:
+                    raise UsageError(f"catalog {self.path} has an unsupported schema")
+        except sqlite3.Error as exc:
+            raise CatalogUnavailable(f"cannot open catalog {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
