@@ -250,7 +250,8 @@ def _daemons_for(mp) -> list[int]:
         if not pid.isdigit():
             continue
         try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
         except OSError:
             continue
         if b"omerofs.cli" in cmdline and os.fsencode(str(mp)) in cmdline:
