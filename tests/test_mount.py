@@ -112,11 +112,16 @@ def test_attributes_map_owner_group_and_modes(populated, scene, mount_view) -> N
     assert os.getxattr(path, "user.omero.sha1").decode() == fs.entries[0].hash
 
 
+def _open_and_close(path: str, mode: str) -> None:
+    with open(path, mode):
+        pass
+
+
 @pytest.mark.parametrize(
     "action",
     [
-        lambda p, f: open(f, "ab"),
-        lambda p, f: open(os.path.join(p, "new.txt"), "w"),
+        lambda p, f: _open_and_close(f, "ab"),
+        lambda p, f: _open_and_close(os.path.join(p, "new.txt"), "w"),
         lambda p, f: os.mkdir(os.path.join(p, "newdir")),
         lambda p, f: os.unlink(f),
         lambda p, f: os.rename(f, f + ".x"),
