@@ -1,7 +1,6 @@
 """The import engine against a real repository: placement, records, rollback, rules."""
 
 import os
-import subprocess
 
 import pytest
 
@@ -221,24 +220,3 @@ def test_plan_rejects_specials(world_dir) -> None:
     (world_dir / "empty").mkdir()
     with pytest.raises(UsageError, match="no files"):
         plan_fileset(world_dir / "empty")
-
-
-def test_cli_import_sees_the_same_engine(populated, world_dir) -> None:
-    from tests.conftest import run_cli
-
-    src = make_tiff(world_dir / "cli.tif")
-    res = run_cli(
-        "-r",
-        str(populated.config.root),
-        "import",
-        str(src),
-        "--user",
-        "bob",
-        "-T",
-        "Dataset:name:Cli",
-        "--transfer",
-        "upload",
-    )
-    assert res.returncode == 0, res.stderr
-    assert "fileset 1" in res.stdout
-    subprocess.run(["true"])

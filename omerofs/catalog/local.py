@@ -23,7 +23,7 @@ from omerofs.catalog.protocol import (
     Fileset,
     FilesetEntry,
     Group,
-    Image,
+    ImageInfo,
     ImportRecord,
     Membership,
     Snapshot,
@@ -408,9 +408,13 @@ class LocalCatalog:
             raise NotFound(f"no such fileset {fileset_id}")
         return found[0]
 
-    def images_of(self, fileset_id: int) -> list[Image]:
-        rows = self._query("SELECT * FROM images WHERE fileset_id=? ORDER BY series", (fileset_id,))
-        return [Image(*row) for row in rows]
+    def images_of(self, fileset_id: int) -> list[ImageInfo]:
+        rows = self._query(
+            "SELECT series, name, size_x, size_y, size_z, size_c, size_t, pixel_type "
+            "FROM images WHERE fileset_id=? ORDER BY series",
+            (fileset_id,),
+        )
+        return [ImageInfo(*row) for row in rows]
 
     def last_event_id(self) -> int:
         return int(self._query("SELECT coalesce(max(id), 0) FROM events")[0][0])

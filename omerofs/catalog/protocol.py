@@ -65,20 +65,6 @@ class FilesetEntry:
 
 
 @dataclass(frozen=True)
-class Image:
-    id: int
-    fileset_id: int
-    series: int
-    name: str
-    size_x: int
-    size_y: int
-    size_z: int
-    size_c: int
-    size_t: int
-    pixel_type: str
-
-
-@dataclass(frozen=True)
 class Fileset:
     id: int
     owner_id: int
