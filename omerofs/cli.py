@@ -138,8 +138,99 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _setup_logging(config, True)
         mount.serve_view(config, Path(args.mountpoint))
         return 0
-    pid = mount.spawn_daemon(config, Path(args.mountpoint))
+    pid = mount.spawn_daemon(config, Path(args.mountpoint), ["mount"])
     print(f"mounted the repository view at {os.path.abspath(args.mountpoint)} (daemon pid {pid})")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from omerofs.fs import mount
+
+    config = load_config(_repo(args))
+    mode = args.transfer or config.ingest_transfer
+    settle = config.settle if args.settle is None else args.settle
+    concurrency = args.concurrency or config.concurrency
+    if settle < 0 or concurrency < 1:
+        raise UsageError("--settle must be >= 0 and --concurrency >= 1")
+    if args.foreground:
+        _setup_logging(config, True)
+        mount.serve_ingest(config, Path(args.mountpoint), mode, settle, concurrency)
+        return 0
+    extra = [
+        "ingest",
+        "--transfer",
+        mode,
+        "--settle",
+        str(settle),
+        "--concurrency",
+        str(concurrency),
+    ]
+    pid = mount.spawn_daemon(config, Path(args.mountpoint), extra)
+    print(
+        f"ingest mount at {os.path.abspath(args.mountpoint)} ({mode}, settle {settle:g} s, "
+        f"daemon pid {pid})"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from omerofs.ingest.queue import JobQueue
+
+    config = load_config(_repo(args))
+    queue = JobQueue(config.catalog_path)
+    try:
+        counts = queue.counts()
+        active = queue.in_state("importing", "queued")
+        failed = [j for j in queue.in_state("failed")][-args.limit :]
+    finally:
+        queue.close()
+    report = {
+        "users": counts,
+        "in_flight": [
+            {
+                "job": j.id,
+                "user": j.key.user,
+                "fileset": j.key.root,
+                "state": j.state,
+                "bytes_done": j.bytes_done,
+                "bytes_total": j.bytes_total,
+                "attempts": j.attempts,
+            }
+            for j in active
+        ],
+        "failures": [
+            {
+                "job": j.id,
+                "user": j.key.user,
+                "fileset": j.key.root,
+                "error": j.error,
+                "when": datetime.fromtimestamp(j.updated).isoformat(timespec="seconds"),
+            }
+            for j in failed
+        ],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    states = ("queued", "importing", "imported", "failed")
+    print("USER".ljust(16) + "".join(s.upper().rjust(11) for s in states))
+    for user, by_state in sorted(counts.items()):
+        print(user.ljust(16) + "".join(str(by_state.get(s, 0)).rjust(11) for s in states))
+    if not counts:
+        print("(no ingest jobs yet)")
+    for item in report["in_flight"]:
+        pct = 100 * item["bytes_done"] / item["bytes_total"] if item["bytes_total"] else 0
+        print(
+            f"{item['state']}: job {item['job']} {item['fileset']} "
+            f"{item['bytes_done']}/{item['bytes_total']} bytes ({pct:.0f}%)"
+        )
+    for item in report["failures"]:
+        print(f"FAILED job {item['job']} {item['fileset']} at {item['when']}: {item['error']}")
+    if report["failures"]:
+        print(
+            "retry after fixing: setfattr -n user.omerofs.commit -v 1 <file or directory> "
+            "in the ingest mount"
+        )
     return 0
 
 
@@ -361,7 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("umount", parents=[repo], help="unmount a view")
+    p = sub.add_parser("ingest", parents=[repo], help="mount the writable ingest area")
+    p.add_argument("mountpoint")
+    p.add_argument(
+        "--transfer",
+        choices=TRANSFER_MODES,
+        help="transfer mode of imports (default: [ingest] transfer, ln_rm)",
+    )
+    p.add_argument("--settle", type=float, help="seconds a closed fileset must stay unchanged")
+    p.add_argument("--concurrency", type=int, help="imports running at once")
+    p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("status", parents=[repo], help="ingest queue, imports and failures")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=20, help="how many recent failures to show")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("umount", parents=[repo], help="unmount a view or an ingest mount")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_umount)
 

@@ -31,6 +31,14 @@ template = "{template}"
 # Transfer mode used when `omerofs import` is given none.
 transfer = "upload"
 
+[ingest]
+# How closed filesets are imported from the ingest mount (ln_rm: moved in, no copy).
+transfer = "ln_rm"
+# Seconds a fileset must stay closed and unchanged before it is imported.
+settle = 5
+# Imports running at once.
+concurrency = 2
+
 [view]
 # Seconds the kernel may cache names and attributes of the read-only view.
 cache_timeout = 300
@@ -50,6 +58,9 @@ class RepoConfig:
     cache_timeout: float
     refresh_interval: float
     read_ahead_kb: int
+    ingest_transfer: str = "ln_rm"
+    settle: float = 5.0
+    concurrency: int = 2
 
     @property
     def catalog_path(self) -> Path:
@@ -58,6 +69,12 @@ class RepoConfig:
     @property
     def managed_dir(self) -> Path:
         return self.root / MANAGED_NAME
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the ingest mount keeps written files: inside the repository, on the
+        same filesystem as ManagedRepository, so ln/ln_rm imports never copy a byte."""
+        return self.root / "staging"
 
     @property
     def log_dir(self) -> Path:
@@ -96,6 +113,7 @@ def load_config(root: Path) -> RepoConfig:
     repo = data.get("repository", {})
     imp = data.get("import", {})
     view = data.get("view", {})
+    ingest = data.get("ingest", {})
     config = RepoConfig(
         root=root,
         backend=str(repo.get("backend", "local")),
@@ -104,12 +122,18 @@ def load_config(root: Path) -> RepoConfig:
         cache_timeout=float(view.get("cache_timeout", 300)),
         refresh_interval=float(view.get("refresh_interval", 0.25)),
         read_ahead_kb=int(view.get("read_ahead_kb", 1024)),
+        ingest_transfer=str(ingest.get("transfer", "ln_rm")),
+        settle=float(ingest.get("settle", 5)),
+        concurrency=int(ingest.get("concurrency", 2)),
     )
     if config.backend != "local":
         raise UsageError(f"{path}: backend {config.backend!r} is not supported (expected 'local')")
     validate_template(config.template)
-    if config.transfer not in TRANSFER_MODES:
-        raise UsageError(f"{path}: unknown transfer mode {config.transfer!r}")
+    for mode in (config.transfer, config.ingest_transfer):
+        if mode not in TRANSFER_MODES:
+            raise UsageError(f"{path}: unknown transfer mode {mode!r}")
+    if config.settle < 0 or config.concurrency < 1:
+        raise UsageError(f"{path}: [ingest] settle must be >= 0 and concurrency >= 1")
     if config.refresh_interval <= 0 or config.cache_timeout < 0:
         raise UsageError(f"{path}: view timeouts must be positive")
     return config

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -337,6 +337,19 @@ class LocalCatalog:
                     meta.filesets[fs.id] = fs
             return Changes(events, meta)
 
+    def snapshot_people(self) -> Snapshot:
+        """Experimenters, groups, memberships and containers, without filesets."""
+        with self._read() as db:
+            return self._read_meta(db)
+
+    def is_member(self, user: str, group: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM memberships m JOIN experimenters e ON e.id=m.experimenter_id "
+            "JOIN groups g ON g.id=m.group_id WHERE e.name=? AND g.name=?",
+            (user, group),
+        )
+        return bool(rows)
+
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -408,6 +421,11 @@ class LocalCatalog:
             raise NotFound(f"no such fileset {fileset_id}")
         return found[0]
 
+    def fileset_by_prefix(self, prefix: str) -> Fileset | None:
+        with self._lock:
+            found = self._read_filesets(self._db, "WHERE f.template_prefix=?", (prefix,))
+        return found[0] if found else None
+
     def images_of(self, fileset_id: int) -> list[ImageInfo]:
         rows = self._query(
             "SELECT series, name, size_x, size_y, size_z, size_c, size_t, pixel_type "
@@ -421,8 +439,15 @@ class LocalCatalog:
 
     # -- writing an import ---------------------------------------------------------
 
-    def record_import(self, record: ImportRecord) -> Fileset:
-        """Resolve/create the target, then record fileset, files and images atomically."""
+    def record_import(
+        self,
+        record: ImportRecord,
+        on_commit: Callable[[sqlite3.Connection, int], None] | None = None,
+    ) -> Fileset:
+        """Resolve/create the target, then record fileset, files and images atomically.
+
+        ``on_commit(db, fileset_id)`` runs inside the same transaction (the ingest queue
+        marks its job imported there, so a crash can never separate the two)."""
         with self._transaction() as db:
             member = db.execute(
                 "SELECT 1 FROM memberships WHERE group_id=? AND experimenter_id=?",
@@ -473,6 +498,8 @@ class LocalCatalog:
                         "INSERT INTO dataset_image VALUES (?, ?)", (dataset_id, cur.lastrowid)
                     )
             self._event(db, "Fileset", fileset_id, "INSERT")
+            if on_commit is not None:
+                on_commit(db, fileset_id)
             return self._read_filesets(db, "WHERE f.id=?", (fileset_id,))[0]
 
     def _resolve_target(self, db: sqlite3.Connection, record: ImportRecord) -> int:

@@ -7,7 +7,7 @@ backend (``local``) and the OMERO-server backend are interchangeable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from omerofs.identity import PermissionLevel
 
@@ -164,6 +164,6 @@ class Catalog(Protocol):
 
     def memberships_of(self, experimenter_id: int) -> list[Membership]: ...
 
-    def record_import(self, record: ImportRecord) -> Fileset: ...
+    def record_import(self, record: ImportRecord, on_commit: Any = None) -> Fileset: ...
 
     def close(self) -> None: ...

@@ -114,38 +114,110 @@ def serve_view(config: RepoConfig, mountpoint: Path) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
     catalog = LocalCatalog(config.catalog_path)
-    view = RepositoryView(catalog.snapshot(), expand_root_depth(config.template))
-    ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout)
-    options = set(pyfuse3.default_options) | {
-        "fsname=omerofs",
-        "subtype=omerofs",
-        "allow_other",
-        "ro",
-        "default_permissions",
-    }
+    try:
+        view = RepositoryView(catalog.snapshot(), expand_root_depth(config.template))
+        ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout)
+
+        async def follow(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            await follow_catalog(view, catalog, config.refresh_interval)
+
+        _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, [follow], "view")
+    finally:
+        catalog.close()
+
+
+def serve_ingest(
+    config: RepoConfig, mountpoint: Path, transfer_mode: str, settle: float, concurrency: int
+) -> None:
+    """Mount the writable ingest area and serve it until unmounted or signalled."""
+    from omerofs.fs.ingest_ops import IngestOperations
+    from omerofs.ingest.service import IngestService
+
+    mountpoint = prepare_mountpoint(mountpoint)
+    catalog = LocalCatalog(config.catalog_path)
+    service = IngestService(config, catalog, transfer_mode, settle, concurrency)
+    try:
+        service.recover()
+        ensure_user_dirs(config, catalog)
+        ops = IngestOperations(service, config.staging_dir, catalog.is_member)
+
+        async def follow_users(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            last = await trio.to_thread.run_sync(catalog.last_event_id)
+            while True:
+                await trio.sleep(1.0)
+                changes = await trio.to_thread.run_sync(catalog.changes, last)
+                if changes is not None:
+                    last = changes.snapshot.event_id
+                    await trio.to_thread.run_sync(ensure_user_dirs, config, catalog)
+
+        _serve(ops, mountpoint, set(), config.read_ahead_kb, [service.run, follow_users], "ingest")
+    finally:
+        service.close()
+        catalog.close()
+
+
+def ensure_user_dirs(config: RepoConfig, catalog: LocalCatalog) -> None:
+    """``staging/<user>/``: owned by the user's uid, mode 0700: only they (and root) write."""
+    staging = config.staging_dir
+    staging.mkdir(mode=0o755, exist_ok=True)
+    snap = catalog.snapshot_people()
+    for exp in snap.experimenters.values():
+        if exp.id == 0:
+            continue
+        path = staging / exp.name
+        group = snap.groups.get(exp.default_group_id) if exp.default_group_id is not None else None
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.stat()
+        gid = group.gid if group else st.st_gid
+        if (st.st_uid, st.st_gid) != (exp.uid, gid):
+            os.chown(path, exp.uid, gid)
+        if st.st_mode & 0o777 != 0o700:
+            path.chmod(0o700)
+
+
+def _serve(
+    ops: pyfuse3.Operations,
+    mountpoint: Path,
+    extra_options: set[str],
+    read_ahead_kb: int,
+    tasks: list,
+    kind: str,
+) -> None:
+    options = (
+        set(pyfuse3.default_options)
+        | extra_options
+        | {
+            "fsname=omerofs",
+            f"subtype=omerofs-{kind}",
+            "allow_other",
+            "default_permissions",
+        }
+    )
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     pyfuse3.init(ops, str(mountpoint), options)
     clean = False
     try:
-        set_read_ahead(mountpoint, config.read_ahead_kb)
-        log.info("view of %s mounted at %s (pid %d)", config.root, mountpoint, os.getpid())
-        trio.run(_main, view, catalog, config.refresh_interval)
+        set_read_ahead(mountpoint, read_ahead_kb)
+        log.info("%s mounted at %s (pid %d)", kind, mountpoint, os.getpid())
+        trio.run(_main, tasks)
         clean = True
     finally:
         pyfuse3.close(unmount=clean)
-        catalog.close()
-    log.info("view at %s unmounted", mountpoint)
+    log.info("%s at %s unmounted", kind, mountpoint)
 
 
-async def _main(view: RepositoryView, catalog: LocalCatalog, interval: float) -> None:
+async def _main(tasks: list) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        nursery.start_soon(follow_catalog, view, catalog, interval)
+        nursery.start_soon(_watch_signals)
+        for task in tasks:
+            await nursery.start(task)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _watch_signals(scope: trio.CancelScope) -> None:
+async def _watch_signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
@@ -179,23 +251,26 @@ def _invalidate(inval: Invalidation) -> None:
             pyfuse3.invalidate_inode(inode, attr_only=False)
 
 
-def spawn_daemon(config: RepoConfig, mountpoint: Path, timeout: float = 30.0) -> int:
-    """Start ``mount --foreground`` detached, wait until the mount is up, return its pid."""
+def spawn_daemon(
+    config: RepoConfig, mountpoint: Path, args: list[str], timeout: float = 30.0
+) -> int:
+    """Run ``omerofs ARGS... MOUNTPOINT --foreground`` detached; return its pid once mounted."""
     mountpoint = prepare_mountpoint(mountpoint)
     config.log_dir.mkdir(exist_ok=True)
-    log_path = config.log_dir / "mount.log"
+    log_path = config.log_dir / f"{args[0]}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "omerofs.cli",
+        "-r",
+        str(config.root),
+        *args,
+        str(mountpoint),
+        "--foreground",
+    ]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "omerofs.cli",
-                "-r",
-                str(config.root),
-                "mount",
-                str(mountpoint),
-                "--foreground",
-            ],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,11 @@ class SourceFileset:
         return self.files[0]
 
 
-def plan_fileset(source: Path) -> SourceFileset:
-    """Group ``source`` (a file or a directory) into one fileset, main file first."""
+def plan_fileset(source: Path, include: Callable[[Path], bool] | None = None) -> SourceFileset:
+    """Group ``source`` (a file or a directory) into one fileset, main file first.
+
+    ``include`` filters the files of a directory (the ingest mount leaves out temporary
+    names and its own error reports)."""
     source = Path(os.path.abspath(source))
     try:
         st = source.stat()
@@ -45,7 +49,7 @@ def plan_fileset(source: Path) -> SourceFileset:
         return SourceFileset(source, (_source_file(source, sanitize_name(source.name)),))
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{source}: not a regular file or directory")
-    found = sorted(_walk_files(source))
+    found = sorted(p for p in _walk_files(source) if include is None or include(p))
     if not found:
         raise UsageError(f"{source}: directory holds no files to import")
     found.sort(key=lambda p: _main_file_rank(source, p))

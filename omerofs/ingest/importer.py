@@ -16,9 +16,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from omerofs.catalog.local import LocalCatalog
 from omerofs.catalog.protocol import (
@@ -34,6 +36,7 @@ from omerofs.errors import AccessDenied, ImportFailed, OmerofsError, UnknownForm
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset, plan_fileset
 from omerofs.ingest.metadata import looks_like_image, read_images
+from omerofs.ingest.transfer import ByteCounter
 from omerofs.template import TemplateContext, expand, resolve_increment
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,22 @@ class Target:
         if "Dataset" not in found or (len(parts) == 2 and list(found) != ["Project", "Dataset"]):
             raise UsageError(f"bad target {text!r}: a Dataset is required (Project is optional)")
         return cls(found.get("Project"), found["Dataset"])
+
+
+def _nothing(*_args: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ImportHooks:
+    """Where a caller (the ingest queue) follows an import: the reserved directory before
+    anything is placed, bytes as they are transferred, SQL inside the catalog commit, and
+    the sources removed by a ``*_rm`` mode."""
+
+    on_prefix: Callable[[str], None] = _nothing
+    on_bytes: ByteCounter = None
+    on_commit: Callable[[Any, int], None] | None = None
+    on_removed: Callable[[list[Path]], None] = _nothing
 
 
 @dataclass(frozen=True)
@@ -146,8 +165,15 @@ class Importer:
         return self.import_fileset(plan_fileset(source), owner, group, mode, target)
 
     def import_fileset(
-        self, plan: SourceFileset, owner: Experimenter, group: Group, mode: str, target: Target
+        self,
+        plan: SourceFileset,
+        owner: Experimenter,
+        group: Group,
+        mode: str,
+        target: Target,
+        hooks: ImportHooks | None = None,
     ) -> Fileset:
+        hooks = hooks or ImportHooks()
         self._refuse_repository_sources(plan)
         before = {f.path: _signature(f.path) for f in plan.files}
         images = self._read_images(plan)
@@ -157,11 +183,12 @@ class Importer:
         staging = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         placed: list[PlacedFile] = []
         try:
+            hooks.on_prefix(prefix)
             staging.mkdir()
             for f in plan.files:
                 dest = staging / f.rel_name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                sha1 = self._place(mode, f.path, dest)
+                sha1 = self._place(mode, f.path, dest, hooks.on_bytes)
                 rel_dir, _, name = (prefix + f.rel_name).rpartition("/")
                 placed.append(
                     PlacedFile(
@@ -185,7 +212,8 @@ class Importer:
                     images=tuple(images),
                     project_name=target.project,
                     dataset_name=target.dataset,
-                )
+                ),
+                on_commit=hooks.on_commit,
             )
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -204,12 +232,12 @@ class Importer:
             prefix,
         )
         if transfer.removes_source(mode):
-            self._remove_sources(plan, before)
+            hooks.on_removed(self._remove_sources(plan, before))
         return fileset
 
-    def _place(self, mode: str, source: Path, dest: Path) -> str:
+    def _place(self, mode: str, source: Path, dest: Path, on_bytes: ByteCounter) -> str:
         try:
-            return transfer.place(mode, source, dest)
+            return transfer.place(mode, source, dest, on_bytes)
         except OSError as exc:
             raise ImportFailed(f"{source}: {exc.strerror or exc}") from None
 
@@ -316,17 +344,20 @@ class Importer:
             log.warning("could not write import log %s: %s", log_path, exc)
 
     @staticmethod
-    def _remove_sources(plan: SourceFileset, before: dict[Path, tuple[int, int]]) -> None:
+    def _remove_sources(plan: SourceFileset, before: dict[Path, tuple[int, int]]) -> list[Path]:
         """Delete verified sources, except any that changed after they were hashed."""
+        removed = []
         for f in plan.files:
             if _signature(f.path) != before[f.path]:
                 log.warning("%s changed during import; kept, not removed", f.path)
                 continue
             os.unlink(f.path)
+            removed.append(f.path)
         if plan.root.is_dir():
             for dirpath, _, _ in sorted(os.walk(plan.root), key=lambda t: -len(t[0])):
                 with contextlib.suppress(OSError):  # not empty: something stays, fine
                     os.rmdir(dirpath)
+        return removed
 
 
 def _signature(path: Path) -> tuple[int, int]:

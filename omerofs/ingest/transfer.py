@@ -10,11 +10,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from omerofs.errors import ChecksumMismatch, ImportFailed, UsageError
 
 CHUNK = 4 << 20
+ByteCounter = Callable[[int], None] | None
 MODES = ("ln", "ln_s", "ln_rm", "cp", "cp_rm", "upload", "upload_rm")
 
 
@@ -29,27 +31,30 @@ def removes_source(mode: str) -> bool:
     return mode.endswith("_rm")
 
 
-def sha1_file(path: Path | str) -> str:
+def sha1_file(path: Path | str, on_bytes: ByteCounter = None) -> str:
     digest = hashlib.sha1()
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
     return digest.hexdigest()
 
 
-def place(mode: str, source: Path, target: Path) -> str:
-    """Transfer ``source`` to ``target`` (which must not exist); return the verified SHA1."""
+def place(mode: str, source: Path, target: Path, on_bytes: ByteCounter = None) -> str:
+    """Transfer ``source`` to ``target`` (which must not exist); return the verified SHA1.
+    ``on_bytes(n)`` is told about every chunk transferred (for progress reports)."""
     kind = base_mode(mode)
     if kind == "ln":
-        return _hardlink(source, target)
+        return _hardlink(source, target, on_bytes)
     if kind == "ln_s":
-        return _symlink(source, target)
+        return _symlink(source, target, on_bytes)
     if kind == "cp":
-        return _copy(source, target)
-    return _upload(source, target)
+        return _copy(source, target, on_bytes)
+    return _upload(source, target, on_bytes)
 
 
-def _hardlink(source: Path, target: Path) -> str:
+def _hardlink(source: Path, target: Path, on_bytes: ByteCounter) -> str:
     try:
         os.link(source, target)
     except OSError as exc:
@@ -66,24 +71,26 @@ def _hardlink(source: Path, target: Path) -> str:
         raise ImportFailed(f"{source}: hard link failed: {exc.strerror}") from None
     if os.stat(target).st_ino != os.stat(source).st_ino:
         raise ChecksumMismatch(f"{target}: is not a link to {source}")
-    return sha1_file(target)
+    return sha1_file(target, on_bytes)
 
 
-def _symlink(source: Path, target: Path) -> str:
+def _symlink(source: Path, target: Path, on_bytes: ByteCounter) -> str:
     os.symlink(source, target)
-    source_sha = sha1_file(source)
+    source_sha = sha1_file(source, on_bytes)
     if os.path.realpath(target) != os.path.realpath(source) or sha1_file(target) != source_sha:
         raise ChecksumMismatch(f"{target}: symlink does not resolve to {source}")
     return source_sha
 
 
-def _copy(source: Path, target: Path) -> str:
+def _copy(source: Path, target: Path, on_bytes: ByteCounter) -> str:
     """Local copy: the client hashes while copying, then re-reads the copy to verify."""
     digest = hashlib.sha1()
     with open(source, "rb", buffering=0) as src, _create(target) as dst:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             write_all(dst.fileno(), chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
         dst.flush()
         os.fsync(dst.fileno())
     return _verify(target, digest.hexdigest())
@@ -109,7 +116,7 @@ class RepositoryUploader:
         return self._digest.hexdigest()
 
 
-def _upload(source: Path, target: Path) -> str:
+def _upload(source: Path, target: Path, on_bytes: ByteCounter) -> str:
     digest = hashlib.sha1()
     uploader = RepositoryUploader(target)
     try:
@@ -117,6 +124,8 @@ def _upload(source: Path, target: Path) -> str:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 uploader.write(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
     finally:
         received = uploader.close()
     if received != digest.hexdigest():

@@ -1,0 +1,76 @@
+"""What a path in the ingest mount means: whose it is, which group, which target, which
+fileset it belongs to, and whether it is ignored for now.
+
+    <user>/file                          an orphan fileset
+    <user>/<Dataset>/file                a fileset in a dataset without a project
+    <user>/<Project>/<Dataset>/file      a fileset in a dataset of a project
+    <user>/<Project>/<Dataset>/<dir>/... one multi-file fileset: everything below <dir>
+    <user>/@<group>/...                  the same, imported into <group> instead of the
+                                         user's default group
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "~*", "*~", "*.swp")
+ERROR_REPORT_SUFFIX = ".import-error.txt"
+GROUP_PREFIX = "@"
+
+
+def is_ignored_name(name: str) -> bool:
+    """Hidden and temporary names wait until renamed to a real name."""
+    return name.endswith(ERROR_REPORT_SUFFIX) or any(
+        fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS
+    )
+
+
+@dataclass(frozen=True)
+class FilesetKey:
+    """One fileset in the staging tree, named by its root (a file or a directory)."""
+
+    user: str
+    group: str | None  # None: the user's default group
+    project: str | None
+    dataset: str | None
+    root: str  # path of the fileset's root relative to the staging directory
+    is_dir: bool
+
+    @property
+    def name(self) -> str:
+        return self.root.rsplit("/", 1)[-1]
+
+    @property
+    def error_report(self) -> str:
+        return self.root + ERROR_REPORT_SUFFIX
+
+
+def fileset_of(rel_path: str) -> FilesetKey | None:
+    """The fileset a regular file at ``rel_path`` belongs to; None if it is ignored."""
+    parts = rel_path.strip("/").split("/")
+    if len(parts) < 2 or any(is_ignored_name(p) for p in parts[1:]):
+        return None
+    user, rest = parts[0], parts[1:]
+    prefix = [user]
+    group = None
+    if rest[0].startswith(GROUP_PREFIX):
+        group = rest[0][len(GROUP_PREFIX) :]
+        prefix.append(rest[0])
+        rest = rest[1:]
+        if not rest or not group:
+            return None
+    depth = len(rest)
+    project = rest[0] if depth >= 3 else None
+    dataset = rest[-2] if depth in (2, 3) else (rest[1] if depth >= 4 else None)
+    if depth <= 3:
+        return FilesetKey(user, group, project, dataset, "/".join(prefix + rest), False)
+    return FilesetKey(user, group, project, dataset, "/".join(prefix + rest[:3]), True)
+
+
+def group_dir_name(path: str) -> str | None:
+    """The group a ``<user>/@<group>`` directory names, or None for any other path."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 2 and parts[1].startswith(GROUP_PREFIX):
+        return parts[1][len(GROUP_PREFIX) :]
+    return None

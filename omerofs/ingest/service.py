@@ -1,0 +1,421 @@
+"""The ingest pipeline: close tracking -> queue -> import -> report, and crash recovery.
+
+The FUSE layer tells the service what happens to staged paths (open, release, change,
+commit) and asks it whether a path may still change. The service decides when a fileset
+is closed, persists a job, imports it off the trio loop with bounded concurrency, and
+reports the outcome where the user looks: xattrs and an error report in the mount,
+``omerofs status``, and the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import trio
+from sortedcontainers import SortedSet
+
+from omerofs.catalog.local import LocalCatalog
+from omerofs.config import RepoConfig
+from omerofs.errors import OmerofsError
+from omerofs.ingest import transfer
+from omerofs.ingest.filesets import plan_fileset
+from omerofs.ingest.importer import TMP_PREFIX, Importer, ImportHooks, Target
+from omerofs.ingest.paths import FilesetKey, fileset_of, is_ignored_name
+from omerofs.ingest.queue import Job, JobQueue, Manifest
+from omerofs.ingest.tracker import CloseTracker
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 0.5  # seconds between progress writes to the queue
+
+
+class Frozen(OmerofsError):
+    """The path belongs to an imported fileset: in-place data must not change (EPERM)."""
+
+    errno = errno.EPERM
+
+
+class Busy(OmerofsError):
+    """The fileset is being imported right now (EBUSY)."""
+
+    errno = errno.EBUSY
+
+
+@dataclass(frozen=True)
+class FilesetState:
+    state: str  # open, settling, staged, queued, importing, imported, failed
+    error: str | None = None
+    fileset_id: int | None = None
+    job_id: int | None = None
+
+
+class IngestService:
+    def __init__(
+        self,
+        config: RepoConfig,
+        catalog: LocalCatalog,
+        transfer_mode: str,
+        settle: float,
+        concurrency: int = 2,
+    ) -> None:
+        transfer.base_mode(transfer_mode)
+        self.config = config
+        self.staging = config.staging_dir
+        self.catalog = catalog
+        self.queue = JobQueue(config.catalog_path)
+        self.importer = Importer(config, catalog)
+        self.transfer = transfer_mode
+        self.tracker = CloseTracker(settle)
+        self._limiter = trio.CapacityLimiter(max(1, concurrency))
+        self._frozen_roots: SortedSet = SortedSet()
+        self._importing: set[str] = set()
+        self._explicit: set[FilesetKey] = set()
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        # set by the FUSE layer: tells the kernel that these staged paths changed on disk
+        self.paths_changed: Callable[[list[str]], None] = lambda paths: None
+
+    def close(self) -> None:
+        self.queue.close()
+
+    # -- what the FUSE layer asks ----------------------------------------------------
+
+    def check_mutable(self, rel: str) -> None:
+        """Raise Frozen/Busy if ``rel`` (or anything below it) must not change."""
+        rel = rel.strip("/")
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            if "/".join(parts[:i]) in self._frozen_roots:
+                raise Frozen(f"{rel} was imported in place and must not change")
+        for root in self._frozen_roots.irange(minimum=rel + "/", maximum=rel + "/\U0010ffff"):
+            raise Frozen(f"{rel} contains imported data ({root})")
+        key = fileset_of(rel) or fileset_of(rel + "/x")
+        if key is not None and key.root in self._importing:
+            raise Busy(f"{key.root} is being imported")
+        if any(r == rel or r.startswith(rel + "/") for r in self._importing):
+            raise Busy(f"{rel} contains a fileset being imported")
+
+    def opened(self, rel: str) -> None:
+        key = fileset_of(rel)
+        if key is not None:
+            self.tracker.opened(key)
+
+    def released(self, rel: str) -> None:
+        key = fileset_of(rel)
+        if key is not None:
+            self.tracker.released(key, trio.current_time())
+            self._poke()
+
+    def changed(self, rel: str) -> None:
+        """A staged file was created, written, renamed, truncated or removed."""
+        key = fileset_of(rel)
+        if key is not None:
+            self.tracker.changed(key, trio.current_time())
+            self._poke()
+
+    def commit(self, rel: str) -> bool:
+        """Explicit commit (or retry) of the fileset ``rel`` belongs to or is the root of."""
+        key = self._key_for(rel)
+        if key is None:
+            return False
+        if not self.tracker.commit(key, trio.current_time()):
+            return False
+        self._explicit.add(key)
+        self._poke()
+        return True
+
+    def _key_for(self, rel: str) -> FilesetKey | None:
+        key = fileset_of(rel)
+        if key is None or key.root != rel.strip("/"):
+            dir_key = fileset_of(rel.strip("/") + "/x/y/z/w")
+            if dir_key is not None and dir_key.root == rel.strip("/"):
+                return dir_key
+        return key
+
+    async def state(self, rel: str) -> FilesetState | None:
+        key = self._key_for(rel)
+        if key is None:
+            return None
+        if key.root in self._importing:
+            job = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
+            return FilesetState("importing", job_id=job.id if job else None)
+        if self.tracker.is_open(key):
+            return FilesetState("open")
+        if self.tracker.pending(key):
+            return FilesetState("settling")
+        job = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
+        if job is None:
+            return FilesetState("staged")
+        if job.state == "imported" and key.root not in self._frozen_roots:
+            return FilesetState("staged")  # an rm-mode import was removed; this is new data
+        return FilesetState(job.state, job.error, job.fileset_id, job.id)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for job in await trio.to_thread.run_sync(self.queue.in_state, "queued"):
+                nursery.start_soon(self._run_job, job.id)
+            unsettled = await trio.to_thread.run_sync(self.unsettled)
+            for key in unsettled:
+                self.tracker.changed(key, trio.current_time())
+            if unsettled:
+                log.info("found %d staged filesets to settle and import", len(unsettled))
+            task_status.started()
+            while True:
+                deadline = self.tracker.next_deadline()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                for key in self.tracker.pop_due(trio.current_time()):
+                    nursery.start_soon(self._close, key)
+
+    async def _close(self, key: FilesetKey) -> None:
+        explicit = key in self._explicit
+        self._explicit.discard(key)
+        if key.root in self._frozen_roots or key.root in self._importing:
+            return
+        manifest = await trio.to_thread.run_sync(self.manifest, key)
+        if not manifest:
+            return
+        latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
+        if latest is not None and latest.state == "queued" and latest.manifest == manifest:
+            return  # already waiting
+        if (
+            latest is not None
+            and latest.state == "failed"
+            and latest.manifest == manifest
+            and not explicit
+        ):
+            return  # unchanged since it failed: wait for a fix or an explicit retry
+        job = await trio.to_thread.run_sync(self.queue.enqueue, key, self.transfer, manifest)
+        log.info("fileset %s closed: queued as job %d (%d files)", key.root, job.id, len(manifest))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_job, job.id)
+
+    def manifest(self, key: FilesetKey) -> Manifest:
+        """The files of a fileset as they are now: path -> (size, mtime_ns)."""
+        root = self.staging / key.root
+        found: Manifest = {}
+        try:
+            if not key.is_dir:
+                st = os.lstat(root)
+                if os.path.isfile(root) and not os.path.islink(root):
+                    found[key.root] = (st.st_size, st.st_mtime_ns)
+                return found
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    if is_ignored_name(name) or os.path.islink(path):
+                        continue
+                    st = os.lstat(path)
+                    found[os.path.relpath(path, self.staging)] = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            return {}
+        return found
+
+    async def _run_job(self, job_id: int) -> None:
+        async with self._limiter:
+            job = await trio.to_thread.run_sync(self.queue.job, job_id)
+            if job.state != "queued":
+                return
+            key = job.key
+            if self.tracker.is_open(key) or self.tracker.pending(key):
+                await trio.to_thread.run_sync(self.queue.supersede, job.id)
+                return  # it changed after it was queued: the next close queues it again
+            current = await trio.to_thread.run_sync(self.manifest, key)
+            if current != job.manifest:
+                await trio.to_thread.run_sync(self.queue.supersede, job.id)
+                self.tracker.changed(key, trio.current_time())
+                self._poke()
+                return
+            self._importing.add(key.root)
+            try:
+                outcome = await trio.to_thread.run_sync(self._import_job, job)
+            finally:
+                self._importing.discard(key.root)
+            self._after(job, outcome)
+
+    def _import_job(self, job: Job) -> tuple[int | None, list[str], str | None]:
+        """Runs in a worker thread: the import itself. Returns (fileset, removed, error)."""
+        key = job.key
+        self.queue.start(job.id)
+        self._remove_report(key)
+        removed: list[str] = []
+        done = [0, time.monotonic()]
+
+        def on_bytes(n: int) -> None:
+            done[0] += n
+            if time.monotonic() - done[1] >= PROGRESS_EVERY:
+                done[1] = time.monotonic()
+                self.queue.progress(job.id, done[0])
+
+        def on_removed(paths: list[Path]) -> None:
+            removed.extend(os.path.relpath(p, self.staging) for p in paths)
+
+        try:
+            owner, group = self.importer.resolve_identity(key.user, key.group)
+            include = {self.staging / p for p in job.manifest}
+            plan = plan_fileset(self.staging / key.root, include=lambda p: p in include)
+            hooks = ImportHooks(
+                on_prefix=lambda prefix: self.queue.set_prefix(job.id, prefix),
+                on_bytes=on_bytes,
+                on_commit=self.queue.commit_statements(job),
+                on_removed=on_removed,
+            )
+            fileset = self.importer.import_fileset(
+                plan, owner, group, job.transfer, Target(key.project, key.dataset), hooks
+            )
+        except OmerofsError as exc:
+            self.queue.fail(job.id, str(exc))
+            self._write_report(job, str(exc))
+            log.error("ingest job %d (%s) failed: %s", job.id, key.root, exc)
+            return None, [], str(exc)
+        except Exception as exc:  # a bug: still reported, files still untouched
+            log.exception("ingest job %d (%s) crashed", job.id, key.root)
+            message = f"internal error: {exc!r}"
+            self.queue.fail(job.id, message)
+            self._write_report(job, message)
+            return None, [], message
+        if removed:
+            self.queue.mark_removed(removed)
+        log.info(
+            "ingest job %d: %s imported as fileset %d (%s)",
+            job.id,
+            key.root,
+            fileset.id,
+            job.transfer,
+        )
+        return fileset.id, removed, None
+
+    def _after(self, job: Job, outcome: tuple[int | None, list[str], str | None]) -> None:
+        fileset_id, removed, error = outcome
+        key = job.key
+        changed = list(removed) + [key.error_report]
+        if fileset_id is not None and not transfer.removes_source(job.transfer):
+            self._frozen_roots.add(key.root)
+        if fileset_id is not None and key.is_dir and transfer.removes_source(job.transfer):
+            changed.append(key.root)
+        self.paths_changed(changed)
+
+    # -- reports ---------------------------------------------------------------------
+
+    def _write_report(self, job: Job, error: str) -> None:
+        key = job.key
+        path = self.staging / key.error_report
+        text = (
+            f"omerofs could not import {key.root}\n"
+            f"when: {datetime.now().isoformat(timespec='seconds')} (job {job.id}, "
+            f"attempt {job.attempts + 1})\n"
+            f"error: {error}\n\n"
+            "Your files were left exactly as they were. Fix the cause, then either change or\n"
+            "replace a file (it is retried once it settles) or retry at once with:\n"
+            f"  setfattr -n user.omerofs.commit -v 1 '{key.name}'\n"
+            "State: getfattr -d -m user.omerofs FILE, or ask an admin for `omerofs status`.\n"
+        )
+        try:
+            tmp = path.with_name("." + path.name + ".new")
+            tmp.write_text(text)
+            st = os.stat(path.parent)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not write error report %s: %s", path, exc)
+
+    def _remove_report(self, key: FilesetKey) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.staging / key.error_report)
+
+    # -- start-up: recovery and reconciliation ---------------------------------------
+
+    def recover(self) -> None:
+        """Roll back imports a crash interrupted, finish removals a crash postponed, and
+        learn which staged data is imported (read-only from now on)."""
+        for job in self.queue.in_state("importing"):
+            if job.prefix:
+                self._discard_placement(job.prefix)
+            self.queue.requeue(job.id)
+            log.warning(
+                "ingest job %d (%s) was interrupted; rolled back and queued again",
+                job.id,
+                job.key.root,
+            )
+        finished = []
+        for path, (job_id, size, mtime) in self.queue.imported_files().items():
+            job = self.queue.job(job_id)
+            full = self.staging / path
+            if not full.exists():
+                finished.append(path)
+                continue
+            if transfer.removes_source(job.transfer):
+                st = os.lstat(full)
+                if (st.st_size, st.st_mtime_ns) == (size, mtime):
+                    os.unlink(full)
+                    finished.append(path)
+                    log.info("removed %s, imported by job %d before a restart", path, job_id)
+                    continue
+            self._frozen_roots.add(job.key.root)
+        if finished:
+            self.queue.mark_removed(finished)
+
+    def _discard_placement(self, prefix: str) -> None:
+        """Remove what an uncommitted import placed: its reserved directory, its private
+        temporary directory and an import log, but only if the catalog has no such fileset."""
+        final = self.config.managed_dir / prefix
+        if self.catalog.fileset_by_prefix(prefix) is not None:
+            return
+        shutil.rmtree(final, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(final.parent / (final.name + ".log"))
+        if final.parent.is_dir():
+            for tmp in final.parent.glob(TMP_PREFIX + "*"):
+                pid = tmp.name[len(TMP_PREFIX) :].split("-", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+    def unsettled(self) -> list[FilesetKey]:
+        """Staged filesets that are neither imported nor queued (written while the daemon
+        was down, or closed but not yet queued when it died): they settle again."""
+        keys: set[FilesetKey] = set()
+        for dirpath, dirnames, filenames in os.walk(self.staging):
+            dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.staging)
+                key = fileset_of(rel)
+                if key is not None and key.root not in self._frozen_roots:
+                    keys.add(key)
+        result = []
+        for key in sorted(keys, key=lambda k: k.root):
+            latest = self.queue.latest_for(key.root)
+            if (
+                latest is not None
+                and latest.state in ("queued", "failed")
+                and latest.manifest == self.manifest(key)
+            ):
+                continue
+            result.append(key)
+        return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
