@@ -136,11 +136,13 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
 class MountedView:
     """The view daemon in a subprocess, as a user would run it; always torn down."""
 
-    def __init__(self, repo_root: Path, mountpoint: Path) -> None:
+    def __init__(
+        self, repo_root: Path, mountpoint: Path, args: tuple[str, ...] = ("mount",)
+    ) -> None:
         self.mountpoint = mountpoint
-        self.log = repo_root / "logs" / "test-mount.log"
+        self.log = repo_root / "logs" / f"test-{args[0]}.log"
         self.log.parent.mkdir(exist_ok=True)
-        with open(self.log, "wb") as log:
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -148,8 +150,9 @@ class MountedView:
                     "omerofs.cli",
                     "-r",
                     str(repo_root),
-                    "mount",
+                    args[0],
                     str(mountpoint),
+                    *args[1:],
                     "--foreground",
                 ],
                 stdout=log,
@@ -182,19 +185,20 @@ class MountedView:
 
 @pytest.fixture
 def mount_view(world_dir: Path) -> Iterator:
+    """Start mounts (``args[0]`` is ``mount`` or ``ingest``); all are torn down after."""
     mounts: list[MountedView] = []
 
-    def start(repo: Repo, name: str = "view") -> MountedView:
+    def start(repo: Repo, name: str = "view", args: tuple[str, ...] = ("mount",)) -> MountedView:
         mountpoint = world_dir / name
-        mountpoint.mkdir()
-        mounted = MountedView(repo.config.root, mountpoint)
+        mountpoint.mkdir(exist_ok=True)
+        mounted = MountedView(repo.config.root, mountpoint, args)
         mounts.append(mounted)
         return mounted
 
     try:
         yield start
     finally:
-        for mounted in mounts:
+        for mounted in reversed(mounts):
             mounted.close()
 
 

@@ -55,7 +55,9 @@ def read_images(path: Path) -> list[ImageInfo]:
         with tifffile.TiffFile(path) as tif:
             series = list(tif.series)
             if not series:
-                raise UnknownFormat(f"{path.name}: no image series found")
+                raise UnknownFormat(
+                    f"{path.name}: unknown or unreadable image format (no image series)"
+                )
             return [_image(path.name, i, s, len(series)) for i, s in enumerate(series)]
     except UnknownFormat:
         raise

@@ -192,15 +192,11 @@ class IngestService:
         if not manifest:
             return
         latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
-        if latest is not None and latest.state == "queued" and latest.manifest == manifest:
-            return  # already waiting
-        if (
-            latest is not None
-            and latest.state == "failed"
-            and latest.manifest == manifest
-            and not explicit
-        ):
-            return  # unchanged since it failed: wait for a fix or an explicit retry
+        if latest is not None and same_files(latest.manifest, manifest):
+            if latest.state in ("queued", "imported"):
+                return  # already waiting, or these very files are already imported
+            if latest.state == "failed" and not explicit:
+                return  # unchanged since it failed: wait for a fix or an explicit retry
         job = await trio.to_thread.run_sync(self.queue.enqueue, key, self.transfer, manifest)
         log.info("fileset %s closed: queued as job %d (%d files)", key.root, job.id, len(manifest))
         assert self._nursery is not None
@@ -238,7 +234,7 @@ class IngestService:
                 await trio.to_thread.run_sync(self.queue.supersede, job.id)
                 return  # it changed after it was queued: the next close queues it again
             current = await trio.to_thread.run_sync(self.manifest, key)
-            if current != job.manifest:
+            if not same_files(current, job.manifest):
                 await trio.to_thread.run_sync(self.queue.supersede, job.id)
                 self.tracker.changed(key, trio.current_time())
                 self._poke()
@@ -403,12 +399,19 @@ class IngestService:
             latest = self.queue.latest_for(key.root)
             if (
                 latest is not None
-                and latest.state in ("queued", "failed")
-                and latest.manifest == self.manifest(key)
+                and latest.state in ("queued", "failed", "imported")
+                and same_files(latest.manifest, self.manifest(key))
             ):
                 continue
             result.append(key)
         return result
+
+
+def same_files(a: Manifest, b: Manifest) -> bool:
+    """Same names and sizes. Modification times are not compared: with the writeback
+    cache the kernel rewrites them after the data, and every data change through the
+    mount is seen by the tracker anyway."""
+    return a.keys() == b.keys() and all(a[p][0] == b[p][0] for p in a)
 
 
 def _alive(pid: int) -> bool:
