@@ -193,8 +193,8 @@ class IngestService:
             return
         latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
         if latest is not None and same_files(latest.manifest, manifest):
-            if latest.state in ("queued", "imported"):
-                return  # already waiting, or these very files are already imported
+            if latest.state == "queued":
+                return  # already waiting
             if latest.state == "failed" and not explicit:
                 return  # unchanged since it failed: wait for a fix or an explicit retry
         job = await trio.to_thread.run_sync(self.queue.enqueue, key, self.transfer, manifest)
@@ -351,19 +351,18 @@ class IngestService:
                 job.key.root,
             )
         finished = []
-        for path, (job_id, size, mtime) in self.queue.imported_files().items():
+        for path, (job_id, size, _mtime) in self.queue.imported_files().items():
             job = self.queue.job(job_id)
             full = self.staging / path
             if not full.exists():
                 finished.append(path)
                 continue
-            if transfer.removes_source(job.transfer):
-                st = os.lstat(full)
-                if (st.st_size, st.st_mtime_ns) == (size, mtime):
-                    os.unlink(full)
-                    finished.append(path)
-                    log.info("removed %s, imported by job %d before a restart", path, job_id)
-                    continue
+            # times may be the kernel's (see same_files): compare sizes
+            if transfer.removes_source(job.transfer) and os.lstat(full).st_size == size:
+                os.unlink(full)
+                finished.append(path)
+                log.info("removed %s, imported by job %d before a restart", path, job_id)
+                continue
             self._frozen_roots.add(job.key.root)
         if finished:
             self.queue.mark_removed(finished)
@@ -399,7 +398,7 @@ class IngestService:
             latest = self.queue.latest_for(key.root)
             if (
                 latest is not None
-                and latest.state in ("queued", "failed", "imported")
+                and latest.state in ("queued", "failed")
                 and same_files(latest.manifest, self.manifest(key))
             ):
                 continue
