@@ -4,11 +4,13 @@ sample images, and its read-only view mounted in the foreground until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,7 @@ def build_demo(root: Path) -> None:
     sources.mkdir(exist_ok=True)
     for user, group, mode, target, sample in IMPORTS:
         work = Path(tempfile.mkdtemp(dir=sources))
+        work.chmod(0o755)  # the samples double as files users may copy into the ingest area
         owner, grp = importer.resolve_identity(user, group)
         fs = importer.import_fileset_path(
             _sample(sample, work), owner, grp, mode, Target.parse(target)
@@ -109,17 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repo", default="var/repo")
     parser.add_argument("--mount", default="mnt/view")
+    parser.add_argument("--ingest", default="mnt/ingest")
     args = parser.parse_args(argv)
     root, mountpoint = Path(args.repo).absolute(), Path(args.mount).absolute()
+    ingest = Path(args.ingest).absolute()
     logging.basicConfig(level=logging.WARNING, format="omerofs: %(message)s")
     try:
         print(f"building the demo repository at {root}")
         build_demo(root)
         mountpoint.mkdir(parents=True, exist_ok=True)
-        print(_instructions(root, mountpoint))
-        from omerofs.fs.mount import serve_view
+        ingest.mkdir(parents=True, exist_ok=True)
+        from omerofs.fs import mount
 
-        serve_view(load_config(root), mountpoint)
+        config = load_config(root)
+        pid = mount.spawn_daemon(config, ingest, ["ingest", "--settle", "2"])
+        try:
+            print(_instructions(root, mountpoint, ingest))
+            mount.serve_view(config, mountpoint)
+        finally:
+            _stop_ingest(ingest, pid)
     except OmerofsError as exc:
         print(f"omerofs: {exc}", file=sys.stderr)
         return 1
@@ -129,7 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _instructions(root: Path, mountpoint: Path) -> str:
+def _stop_ingest(ingest: Path, pid: int) -> None:
+    """Unmount the ingest area we started and wait for its daemon (ours, by pid)."""
+    from omerofs.fs import mount
+
+    with contextlib.suppress(OmerofsError):
+        mount.unmount(ingest)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child: reap it
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.05)
+
+
+def _instructions(root: Path, mountpoint: Path, ingest: Path) -> str:
     as_user = "setpriv --reuid {uid} --regid {uid} --clear-groups"
     lines = [
         "",
@@ -145,7 +172,13 @@ def _instructions(root: Path, mountpoint: Path) -> str:
         f"  .venv/bin/omerofs -r {root} import SOME.tif --user carol -T Dataset:name:New"
         "   # appears within a second",
         f"  .venv/bin/omerofs -r {root} ls",
-        "Press Ctrl-C here to unmount.",
+        f"The ingest area is mounted at {ingest}; write as a user and it is imported 2 s "
+        "after the last file closes:",
+        f"  {as_user.format(uid=2003)} sh -c 'mkdir -p {ingest}/carol/Project/Day2 && "
+        f"cp {root}/demo-sources/*/timelapse.tif {ingest}/carol/Project/Day2/new.tif'",
+        f"  .venv/bin/omerofs -r {root} status",
+        f"  {as_user.format(uid=2003)} ls {mountpoint}/carol/Groups/imaging/Projects/Project/Day2",
+        "Press Ctrl-C here to unmount both.",
     ]
     if not _reachable_by_others(mountpoint.parent):
         lines.insert(
