@@ -47,6 +47,7 @@ class RepositoryView:
         self.root_depth = root_depth
         self.table = InodeTable(mtime_ns=time.time_ns())
         self._homes: dict[int, Node] = {}
+        self._owner_of_home: dict[int, int] = {}  # home inode -> experimenter id
         self._layouts: dict[int, UserLayout] = {}
         self._sync_homes(Invalidation())
 
@@ -64,6 +65,7 @@ class RepositoryView:
                 inval.entries.append((self.table.root.inode, home.name))
                 self.table.remove(home)
                 del self._homes[exp_id]
+                del self._owner_of_home[home.inode]
                 self._layouts.pop(exp_id, None)
         for exp in sorted(snap.experimenters.values(), key=lambda e: e.id):
             group = (
@@ -72,7 +74,7 @@ class RepositoryView:
             gid = group.gid if group else 0
             home = self._homes.get(exp.id)
             if home is None:
-                self._homes[exp.id] = self.table.add(
+                home = self.table.add(
                     self.table.root,
                     sanitize_name(exp.name),
                     exp.uid,
@@ -80,6 +82,8 @@ class RepositoryView:
                     HOME_MODE,
                     self.table.root.mtime_ns,
                 )
+                self._homes[exp.id] = home
+                self._owner_of_home[home.inode] = exp.id
                 inval.inodes.add(self.table.root.inode)
             elif (home.uid, home.gid) != (exp.uid, gid):
                 home.uid, home.gid = exp.uid, gid
@@ -92,7 +96,7 @@ class RepositoryView:
         """Build a user's subtree the first time anything below their home is asked for."""
         if not self.is_home(node):
             return
-        exp_id = next((e for e, h in self._homes.items() if h is node), None)
+        exp_id = self._owner_of_home.get(node.inode)
         if exp_id is None or exp_id in self._layouts:
             return
         self._layouts[exp_id] = self._build(exp_id, node)
