@@ -236,3 +236,21 @@ def test_ingested_files_appear_in_the_view(populated, ingest, mount_view, src) -
         what="the import in carol's view",
     )
     assert sh("carol", f"sha1sum {seen}").stdout.split()[0] == sha1_file(img)
+
+
+def test_slow_temp_file_holds_its_directory_fileset_open(populated, ingest, src) -> None:
+    """A writer that keeps a .part file open past the settle time, then renames it:
+    the directory must be imported once, with the late file in it."""
+    main = make_tiff(src / "m.tif")
+    mp = ingest("ln_rm", settle=0.3)
+    run = mp / "alice/P/D/slow"
+    sh(
+        "alice",
+        f"mkdir -p {run} && cp {main} {run}/m.tif && exec 3> {run}/.late.dat.part "
+        f"&& sleep 1.5 && echo late >&3 && exec 3>&- && mv {run}/.late.dat.part "
+        f"{run}/late.dat",
+    )
+    wait_for(lambda: not run.exists(), timeout=30, what="the directory fileset to move in")
+    (fs,) = filesets_from(populated, "slow/m.tif")
+    assert sorted(e.name for e in fs.entries) == ["late.dat", "m.tif"]
+    assert len(populated.catalog.snapshot().filesets) == 1

@@ -2,7 +2,13 @@
 
 import pytest
 
-from omerofs.ingest.paths import FilesetKey, fileset_of, group_dir_name, is_ignored_name
+from omerofs.ingest.paths import (
+    FilesetKey,
+    fileset_of,
+    group_dir_name,
+    is_ignored_name,
+    tracking_key,
+)
 from omerofs.ingest.tracker import CloseTracker
 
 
@@ -45,6 +51,21 @@ def test_fileset_of(path, expected) -> None:
 )
 def test_ignored_names(name, ignored) -> None:
     assert is_ignored_name(name) == ignored
+
+
+@pytest.mark.parametrize(
+    "path,root",
+    [
+        ("alice/P/D/run/.a.tif.part", "alice/P/D/run"),  # holds the directory fileset open
+        ("alice/P/D/run/sub/x.tmp", "alice/P/D/run"),
+        ("alice/P/D/.a.tif.part", None),  # a file fileset in the making: nothing to hold
+        ("alice/.x", None),
+        ("alice/P/D/run/a.tif", "alice/P/D/run"),
+    ],
+)
+def test_tracking_key(path, root) -> None:
+    key = tracking_key(path)
+    assert (key.root if key else None) == root
 
 
 def test_group_dir_name() -> None:

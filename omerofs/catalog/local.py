@@ -8,11 +8,9 @@ other processes (``omerofs import``, the ingest daemon) without rescanning.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from omerofs.catalog.protocol import (
@@ -28,6 +26,7 @@ from omerofs.catalog.protocol import (
     Membership,
     Snapshot,
 )
+from omerofs.catalog.sqlite import Database
 from omerofs.errors import AlreadyExists, CatalogUnavailable, NotFound, UsageError
 from omerofs.identity import PermissionLevel
 
@@ -135,14 +134,12 @@ class LocalCatalog:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise NotFound(f"catalog {self.path} does not exist")
-        self._lock = threading.RLock()
+        self._store = Database(self.path, "catalog")
+        self._db, self._lock = self._store.conn, self._store.lock
+        self._transaction = self._store.transaction
+        self._read = self._store.reading
+        self._query = self._store.query
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
             if create:
                 self._create()
             else:
@@ -150,28 +147,13 @@ class LocalCatalog:
                 if row is None or int(row[0]) != SCHEMA_VERSION:
                     raise UsageError(f"catalog {self.path} has an unsupported schema")
         except sqlite3.Error as exc:
+            self._store.close()
             raise CatalogUnavailable(f"cannot open catalog {self.path}: {exc}") from None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
     # -- plumbing ------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
 
     @staticmethod
     def _event(db: sqlite3.Connection, entity: str, entity_id: int, action: str) -> None:
@@ -349,15 +331,6 @@ class LocalCatalog:
             (user, group),
         )
         return bool(rows)
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-            finally:
-                self._db.execute("COMMIT")
 
     @staticmethod
     def _read_meta(db: sqlite3.Connection) -> Snapshot:

@@ -12,22 +12,20 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
 from omerofs.errors import OmerofsError
+from omerofs.fs.common import fuse_errors, statfs_of
 from omerofs.fs.staging import StagedNode, StagedTree
 from omerofs.ingest.paths import GROUP_PREFIX, group_dir_name
 from omerofs.ingest.service import IngestService
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 ATTR_TIMEOUT = 60.0  # every change goes through this mount (or is invalidated): cache long
 STATE_XATTRS = (
     b"user.omerofs.state",
@@ -36,21 +34,6 @@ STATE_XATTRS = (
     b"user.omerofs.job",
 )
 ACTION_XATTRS = (b"user.omerofs.commit", b"user.omerofs.retry")
-
-
-def fuse_errors(func: F) -> F:
-    """Map domain exceptions and OS errors to errno, once, for every handler."""
-
-    @wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await func(*args, **kwargs)
-        except OmerofsError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -452,21 +435,7 @@ class IngestOperations(pyfuse3.Operations):
             os.close(fd)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        st = os.statvfs(self.staging)
-        data = pyfuse3.StatvfsData()
-        for name in (
-            "f_bsize",
-            "f_frsize",
-            "f_blocks",
-            "f_bfree",
-            "f_bavail",
-            "f_files",
-            "f_ffree",
-            "f_favail",
-            "f_namemax",
-        ):
-            setattr(data, name, getattr(st, name))
-        return data
+        return statfs_of(self.staging)
 
     # -- extended attributes: state, commit, retry -----------------------------------
 

@@ -9,36 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Coroutine
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
 
-from omerofs.errors import OmerofsError
+from omerofs.fs.common import fuse_errors, statfs_of
 from omerofs.fs.inodes import Node, refresh_file_stat
 from omerofs.fs.view import RepositoryView
-
-F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
-XATTRS = (
-    b"user.omero.fileset",
-    b"user.omero.sha1",
-    b"user.omero.client_path",
-    b"user.omero.repo_path",
-)
-
-
-def translate_errors(func: F) -> F:
-    """Map domain exceptions to errno once, for every handler."""
-
-    @wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await func(*args, **kwargs)
-        except OmerofsError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 async def read_only(*_args: Any, **_kwargs: Any) -> Any:
@@ -82,7 +59,7 @@ class ViewOperations(pyfuse3.Operations):
 
     # -- namespace -------------------------------------------------------------------
 
-    @translate_errors
+    @fuse_errors
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -97,19 +74,19 @@ class ViewOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(node)
 
-    @translate_errors
+    @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self.attributes(self.table.get(inode))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         return None  # nodes live as long as the catalog says; nothing to free per lookup
 
-    @translate_errors
+    @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         self._dir(inode)
         return inode
 
-    @translate_errors
+    @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self._dir(fh)
         for node in self.table.listing(directory, start_id):
@@ -123,7 +100,7 @@ class ViewOperations(pyfuse3.Operations):
 
     # -- reading ---------------------------------------------------------------------
 
-    @translate_errors
+    @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.table.get(inode)
         if node.entry is None:
@@ -146,41 +123,18 @@ class ViewOperations(pyfuse3.Operations):
         return None
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        st = os.statvfs(self.managed_dir)
-        data = pyfuse3.StatvfsData()
-        for attr in (
-            "f_bsize",
-            "f_frsize",
-            "f_blocks",
-            "f_bfree",
-            "f_bavail",
-            "f_files",
-            "f_ffree",
-            "f_favail",
-            "f_namemax",
-        ):
-            setattr(data, attr, getattr(st, attr))
-        return data
+        return statfs_of(self.managed_dir)
 
-    # -- extended attributes: where an original came from ----------------------------
+    # -- extended attributes ---------------------------------------------------------
 
-    @translate_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.table.get(inode)
-        entry = node.entry
-        if entry is None or name not in XATTRS:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        value = {
-            b"user.omero.fileset": str(node.fileset_id),
-            b"user.omero.sha1": entry.hash,
-            b"user.omero.client_path": entry.client_path,
-            b"user.omero.repo_path": entry.repo_path,
-        }[name]
-        return value.encode()
+        # ENOSYS makes the kernel stop asking for the rest of the mount. `ls -l` asks for
+        # ACL and SELinux xattrs on every file: answering them made `ls -lR` ~8x slower
+        # than native (measured; docs/performance.md). Provenance: `omerofs info FILESET`.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    @translate_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return list(XATTRS) if self.table.get(inode).entry is not None else []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     # -- everything that would change the view ---------------------------------------
 

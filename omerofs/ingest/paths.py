@@ -68,6 +68,21 @@ def fileset_of(rel_path: str) -> FilesetKey | None:
     return FilesetKey(user, group, project, dataset, "/".join(prefix + rest[:3]), True)
 
 
+def tracking_key(rel_path: str) -> FilesetKey | None:
+    """The fileset whose closing ``rel_path`` holds up: its own, or for a temporary file
+    inside a multi-file fileset directory, that directory's (so a slow ``.part`` writer
+    keeps the directory open until it renames its file)."""
+    key = fileset_of(rel_path)
+    if key is not None:
+        return key
+    parts = rel_path.strip("/").split("/")
+    for i, part in enumerate(parts[1:], start=1):
+        if is_ignored_name(part):
+            enclosing = fileset_of("/".join(parts[:i] + ["x"]))
+            return enclosing if enclosing is not None and enclosing.is_dir else None
+    return None
+
+
 def group_dir_name(path: str) -> str | None:
     """The group a ``<user>/@<group>`` directory names, or None for any other path."""
     parts = path.strip("/").split("/")

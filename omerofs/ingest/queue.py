@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from omerofs.catalog.sqlite import Database
 from omerofs.errors import CatalogUnavailable, NotFound
 from omerofs.ingest.paths import FilesetKey
 
@@ -74,31 +73,16 @@ class Job:
 
 class JobQueue:
     def __init__(self, path: Path) -> None:
-        self._lock = threading.RLock()
+        self._store = Database(path, "the ingest queue in")
+        self._db, self._lock, self._tx = self._store.conn, self._store.lock, self._store.transaction
         try:
-            self._db = sqlite3.connect(
-                path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            self._store.close()
             raise CatalogUnavailable(f"cannot open the ingest queue in {path}: {exc}") from None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._store.close()
 
     def _rows(self, where: str, params: tuple = ()) -> list[Job]:
         with self._lock:

@@ -30,7 +30,7 @@ from omerofs.errors import OmerofsError
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import plan_fileset
 from omerofs.ingest.importer import TMP_PREFIX, Importer, ImportHooks, Target
-from omerofs.ingest.paths import FilesetKey, fileset_of, is_ignored_name
+from omerofs.ingest.paths import FilesetKey, fileset_of, is_ignored_name, tracking_key
 from omerofs.ingest.queue import Job, JobQueue, Manifest
 from omerofs.ingest.tracker import CloseTracker
 
@@ -105,19 +105,19 @@ class IngestService:
             raise Busy(f"{rel} contains a fileset being imported")
 
     def opened(self, rel: str) -> None:
-        key = fileset_of(rel)
+        key = tracking_key(rel)
         if key is not None:
             self.tracker.opened(key)
 
     def released(self, rel: str) -> None:
-        key = fileset_of(rel)
+        key = tracking_key(rel)
         if key is not None:
             self.tracker.released(key, trio.current_time())
             self._poke()
 
     def changed(self, rel: str) -> None:
         """A staged file was created, written, renamed, truncated or removed."""
-        key = fileset_of(rel)
+        key = tracking_key(rel)
         if key is not None:
             self.tracker.changed(key, trio.current_time())
             self._poke()
