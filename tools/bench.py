@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -435,6 +436,86 @@ class Bench:
         )
 
 
+def catalog_scale(
+    work: Path, filesets: int, users: int = 1000, groups: int = 100
+) -> tuple[list[Result], list[str]]:
+    """A catalog of ``filesets`` one-file filesets (written with bulk SQL, files absent):
+    how long until a user's home lists, a cold lookup's latency, and the daemon's RSS."""
+    config = init_repo(work / "scale")
+    catalog = LocalCatalog(config.catalog_path, create=True)
+    catalog.close()
+    db = sqlite3.connect(config.catalog_path)
+    levels = ["private", "read-only", "read-annotate", "read-write"]
+    db.executemany(
+        "INSERT INTO groups VALUES (?, ?, ?, ?)",
+        [(g, f"g{g}", levels[g % 4], 80000 + g) for g in range(1, groups + 1)],
+    )
+    db.executemany(
+        "INSERT INTO experimenters VALUES (?, ?, ?, 0, ?)",
+        [(u, f"u{u}", 90000 + u, 1 + u % groups) for u in range(2, users + 2)],
+    )
+    db.executemany(
+        "INSERT INTO memberships VALUES (?, ?, 0)",
+        [(1 + u % groups, u) for u in range(2, users + 2)],
+    )
+    rows, entries = [], []
+    for f in range(1, filesets + 1):
+        u = 2 + f % users
+        prefix = f"u{u}_{u}/2026-11/{1 + f % 28:02d}/{f:09d}/"
+        rows.append((f, u, 1 + u % groups, prefix, "ln", 0.0))
+        entries.append(
+            (f, 0, f"data/{f}.tif", prefix, f"{f}.tif", 1000, "0" * 40, "SHA1-160", "image/tiff")
+        )
+    db.executemany("INSERT INTO filesets VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.executemany("INSERT INTO fileset_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+    db.commit()
+    db.close()
+    mount = None
+    try:
+        drop_caches()
+        start = time.perf_counter()
+        mount = Mount(config.root, work / "scale-view", ["mount"])
+        home = mount.mountpoint / "u2"
+        os.listdir(home / "ManagedRepository")
+        ready = time.perf_counter() - start
+        rng = np.random.default_rng(3)
+        lookups = []
+        for f in rng.integers(1, filesets, 200):
+            u = 2 + int(f) % users
+            if u != 2 and (1 + u % groups) != (1 + 2 % groups):
+                continue
+            path = home / "ManagedRepository" / f"u{u}_{u}/2026-11/{1 + f % 28:02d}/{f:09d}"
+            t = time.perf_counter()
+            os.path.exists(path)
+            lookups.append((time.perf_counter() - t) * 1e3)
+        rss = int(Path(f"/proc/{mount.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+        results = [
+            Result(
+                f"catalog of {filesets:,} filesets, {users} users, {groups} groups: mount "
+                "until a home lists",
+                "s",
+                [],
+                [ready],
+                "≤ 5 s",
+                higher_is_better=False,
+            ),
+            Result(
+                "… cold lookup of a fileset directory",
+                "ms",
+                [],
+                lookups or [0.0],
+                "≤ 1 ms median",
+                higher_is_better=False,
+            ),
+        ]
+        return results, [
+            f"view daemon RSS with {filesets:,} filesets: {rss / 1024:.0f} MiB (target ≤ 1 GiB)"
+        ]
+    finally:
+        if mount is not None:
+            mount.close()
+
+
 def fmt(values: list[float]) -> str:
     if not values:
         return "—"
@@ -469,7 +550,7 @@ def report(bench: Bench, command: str, seconds: float) -> str:
             f"| {r.workload} | {r.unit} | {fmt(r.native)} | {fmt(r.omerofs)} | "
             f"{'—' if ratio is None else f'{ratio:.2f}'} | {r.target} |"
         )
-    lines += ["", "Daemon CPU:", ""] + [f"- {c}" for c in bench.cpu]
+    lines += ["", "Daemon CPU and memory:", ""] + [f"- {c}" for c in bench.cpu]
     lines += [
         "",
         f"Peak RSS of the benchmark process (importer in-process): "
@@ -497,13 +578,18 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-gib", type=float, default=2.0)
     parser.add_argument("--small", type=int, default=20000, help="files in the small-file tests")
-    parser.add_argument("--quick", action="store_true", help="256 MiB, 2k files, 2 repeats")
+    parser.add_argument(
+        "--filesets", type=int, default=1_000_000, help="filesets in the catalog-scale test"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="256 MiB, 2k files, 20k filesets, 2 repeats"
+    )
     parser.add_argument("--out", help="write the Markdown report here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (drop_caches, allow_other mounts)")
     if args.quick:
-        args.size_gib, args.small, args.repeat = 0.25, 2000, 2
+        args.size_gib, args.small, args.repeat, args.filesets = 0.25, 2000, 2, 20000
     work = Path(tempfile.mkdtemp(prefix="omerofs-bench-", dir=args.dir))
     work.chmod(0o755)
     started = time.monotonic()
@@ -512,6 +598,9 @@ def main() -> int:
         bench.view()
         bench.ingest()
         bench.imports()
+        results, notes = catalog_scale(work, args.filesets)
+        bench.results += results
+        bench.cpu += notes
     finally:
         bench.catalog.close()
         shutil.rmtree(work, ignore_errors=True)
