@@ -254,3 +254,27 @@ def test_slow_temp_file_holds_its_directory_fileset_open(populated, ingest, src)
     (fs,) = filesets_from(populated, "slow/m.tif")
     assert sorted(e.name for e in fs.entries) == ["late.dat", "m.tif"]
     assert len(populated.catalog.snapshot().filesets) == 1
+
+
+def test_no_xattrs_mode_still_commits_and_reports(populated, mount_view, src) -> None:
+    """--no-xattrs: state is not readable as xattrs (the kernel stops asking before every
+    write), but the commit action and the error report still work."""
+    img = make_tiff(src / "nx.tif")
+    bad = src / "nxbad.tif"
+    bad.write_bytes(b"garbage")
+    mp = mount_view(
+        populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "3600", "--no-xattrs")
+    ).mountpoint
+    sh("alice", f"cp {img} {mp}/alice/nx.tif && cp {bad} {mp}/alice/nxbad.tif")
+    with pytest.raises(OSError):
+        os.getxattr(mp / "alice/nx.tif", "user.omerofs.state")
+    for name in ("nx.tif", "nxbad.tif"):
+        sh(
+            "alice",
+            f"/usr/bin/python3 -c \"import os; os.setxattr('{mp}/alice/{name}', "
+            "'user.omerofs.commit', b'1')\"",
+        )
+    wait_for(lambda: filesets_from(populated, "alice/nx.tif"), timeout=30, what="the commit")
+    report = mp / "alice/nxbad.tif.import-error.txt"
+    wait_for(report.exists, timeout=30, what="the error report")
+    assert "unknown or unreadable" in report.read_text()

@@ -128,7 +128,12 @@ def serve_view(config: RepoConfig, mountpoint: Path) -> None:
 
 
 def serve_ingest(
-    config: RepoConfig, mountpoint: Path, transfer_mode: str, settle: float, concurrency: int
+    config: RepoConfig,
+    mountpoint: Path,
+    transfer_mode: str,
+    settle: float,
+    concurrency: int,
+    readable_xattrs: bool = True,
 ) -> None:
     """Mount the writable ingest area and serve it until unmounted or signalled."""
     from omerofs.fs.ingest_ops import IngestOperations
@@ -140,7 +145,7 @@ def serve_ingest(
     try:
         service.recover()
         ensure_user_dirs(config, catalog)
-        ops = IngestOperations(service, config.staging_dir, catalog.is_member)
+        ops = IngestOperations(service, config.staging_dir, catalog.is_member, readable_xattrs)
 
         async def follow_users(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
