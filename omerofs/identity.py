@@ -79,6 +79,16 @@ def can_see(viewer: Viewer, owner_id: int, group_id: int, level: PermissionLevel
     return group_id in viewer.owner_of or level.members_see_others
 
 
+SOMEONE_ELSE = -1  # an owner id that is never the viewer
+
+
+def fully_visible_groups(viewer: Viewer, levels: dict[int, PermissionLevel]) -> set[int]:
+    """Groups in which ``viewer`` sees everybody's data (by ``can_see``, not a second
+    rule); elsewhere they see only their own. Lets a backend fetch just what a viewer
+    may see."""
+    return {g for g, level in levels.items() if can_see(viewer, SOMEONE_ELSE, g, level)}
+
+
 def make_viewer(
     experimenter_id: int, admin: bool, memberships: Iterable[tuple[int, bool]]
 ) -> Viewer:

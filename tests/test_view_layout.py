@@ -2,6 +2,7 @@
 
 from omerofs.fs.inodes import walk
 from omerofs.fs.layout import suffixed
+from omerofs.fs.mount import fileset_loader
 from omerofs.fs.view import RepositoryView
 from tests.conftest import make_tiff
 
@@ -13,7 +14,14 @@ def _paths(view: RepositoryView, user: str) -> set[str]:
 
 
 def _view(repo) -> RepositoryView:
-    return RepositoryView(repo.catalog.snapshot(), root_depth=1)
+    return RepositoryView(repo.catalog.snapshot_people(), 1, fileset_loader(repo.catalog))
+
+
+def _follow(view: RepositoryView, catalog):
+    """What the mount's catalog follower does, synchronously."""
+    changes = catalog.changes(view.event_id)
+    targets = view.rebuild_targets(changes)
+    return view.apply(changes, {e: view.loader(v, changes.snapshot) for e, v in targets.items()})
 
 
 def _files(repo, world_dir):
@@ -136,7 +144,7 @@ def test_incremental_equals_full_build(populated, world_dir) -> None:
         "cp",
         "Project:name:P-ro/Dataset:name:D",
     )
-    inval = live.apply(populated.catalog.changes(live.event_id))
+    inval = _follow(live, populated.catalog)
     assert inval.inodes and not inval.entries
     fresh = _view(populated)
     for user in ("alice", "bob", "olga"):
@@ -149,7 +157,7 @@ def test_membership_change_rebuilds_one_user_keeping_inodes(populated, world_dir
     _paths(live, "carol")
     before = {n.path(): n.inode for n in walk(live.table.child(live.table.root, "carol"))}
     populated.catalog.add_member("rw", "carol")
-    live.apply(populated.catalog.changes(live.event_id))
+    _follow(live, populated.catalog)
     after = {n.path(): n.inode for n in walk(live.table.child(live.table.root, "carol"))}
     assert "/carol/Groups/rw/Projects/P-rw/D/alice-rw.tif" in after
     assert all(after[p] == ino for p, ino in before.items())  # surviving paths keep inodes
@@ -158,6 +166,6 @@ def test_membership_change_rebuilds_one_user_keeping_inodes(populated, world_dir
 def test_new_users_get_homes(populated) -> None:
     live = _view(populated)
     populated.catalog.add_experimenter("newbie", 4444, default_group="ro")
-    inval = live.apply(populated.catalog.changes(live.event_id))
+    inval = _follow(live, populated.catalog)
     home = live.table.child(live.table.root, "newbie")
     assert home is not None and home.uid == 4444 and live.table.root.inode in inval.inodes

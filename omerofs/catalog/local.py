@@ -122,6 +122,13 @@ CREATE TABLE events (
 """
 
 
+# Indexes added after schema 1 shipped are created on open (IF NOT EXISTS: idempotent).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS filesets_owner ON filesets(owner_id);
+CREATE INDEX IF NOT EXISTS filesets_group ON filesets(group_id);
+"""
+
+
 def _check_name(kind: str, name: str) -> None:
     if not name or "/" in name or "\0" in name or name in (".", "..") or name != name.strip():
         raise UsageError(f"invalid {kind} name {name!r}")
@@ -146,6 +153,7 @@ class LocalCatalog:
                 row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None or int(row[0]) != SCHEMA_VERSION:
                     raise UsageError(f"catalog {self.path} has an unsupported schema")
+            self._db.executescript(_INDEXES)
         except sqlite3.Error as exc:
             self._store.close()
             raise CatalogUnavailable(f"cannot open catalog {self.path}: {exc}") from None
@@ -335,7 +343,8 @@ class LocalCatalog:
     @staticmethod
     def _read_meta(db: sqlite3.Connection) -> Snapshot:
         (event_id,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
-        snap = Snapshot(event_id=event_id)
+        (max_fileset,) = db.execute("SELECT coalesce(max(id), 0) FROM filesets").fetchone()
+        snap = Snapshot(event_id=event_id, max_fileset_id=max_fileset)
         for row in db.execute("SELECT * FROM experimenters"):
             snap.experimenters[row[0]] = _experimenter(row)
         for row in db.execute("SELECT * FROM groups"):
@@ -393,6 +402,19 @@ class LocalCatalog:
         if not found:
             raise NotFound(f"no such fileset {fileset_id}")
         return found[0]
+
+    def filesets_for(
+        self, experimenter_id: int, groups: set[int] | None, max_id: int
+    ) -> list[Fileset]:
+        """Filesets up to ``max_id`` owned by the experimenter or in ``groups`` (None: all)."""
+        if groups is None:
+            where, params = "WHERE f.id <= ?", (max_id,)
+        else:
+            marks = ",".join("?" * len(groups))
+            where = f"WHERE f.id <= ? AND (f.owner_id = ? OR f.group_id IN ({marks}))"
+            params = (max_id, experimenter_id, *sorted(groups))
+        with self._read() as db:
+            return self._read_filesets(db, where, params)
 
     def fileset_by_prefix(self, prefix: str) -> Fileset | None:
         with self._lock:

@@ -92,6 +92,7 @@ class Snapshot:
     """Everything the view needs, read consistently at one event id."""
 
     event_id: int
+    max_fileset_id: int = 0  # the newest fileset this snapshot knows of
     experimenters: dict[int, Experimenter] = field(default_factory=dict)
     groups: dict[int, Group] = field(default_factory=dict)
     memberships: list[Membership] = field(default_factory=list)

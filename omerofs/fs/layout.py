@@ -55,7 +55,7 @@ class UserLayout:
 
     # -- building --------------------------------------------------------------------
 
-    def build(self) -> None:
+    def build(self, filesets: list[Fileset]) -> None:
         snap = self.snapshot
         for gid in sorted(
             g.group_id for g in snap.memberships if g.experimenter_id == self.viewer.experimenter_id
@@ -63,8 +63,8 @@ class UserLayout:
             if gid in snap.groups and snap.groups[gid].name != "system":
                 self._group_dir(gid)
         self.add_containers(sorted(snap.projects), sorted(snap.datasets))
-        for fileset_id in sorted(snap.filesets):
-            self.add_fileset(snap.filesets[fileset_id])
+        for fs in sorted(filesets, key=lambda f: f.id):
+            self.add_fileset(fs)
 
     def visible(self, owner_id: int, group_id: int) -> bool:
         group = self.snapshot.groups.get(group_id)

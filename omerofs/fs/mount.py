@@ -21,10 +21,12 @@ import pyfuse3
 import trio
 
 from omerofs.catalog.local import LocalCatalog
+from omerofs.catalog.protocol import Fileset, Snapshot
 from omerofs.config import RepoConfig
 from omerofs.errors import MountError, UsageError
 from omerofs.fs.operations import ViewOperations
-from omerofs.fs.view import Invalidation, RepositoryView
+from omerofs.fs.view import FilesetLoader, Invalidation, RepositoryView
+from omerofs.identity import Viewer, fully_visible_groups
 from omerofs.template import expand_root_depth
 
 log = logging.getLogger(__name__)
@@ -110,17 +112,34 @@ def set_read_ahead(mountpoint: Path, kib: int) -> None:
 # -- the daemon --------------------------------------------------------------------------
 
 
+def fileset_loader(catalog: LocalCatalog) -> FilesetLoader:
+    """Fetch only what a viewer may see: their own filesets and those of the groups in
+    which ``can_see`` lets them see everybody's (all, for admins)."""
+
+    def load(viewer: Viewer, snap: Snapshot) -> list[Fileset]:
+        levels = {g.id: g.level for g in snap.groups.values()}
+        groups = fully_visible_groups(viewer, levels)
+        everything = viewer.admin or groups == set(levels)
+        return catalog.filesets_for(
+            viewer.experimenter_id, None if everything else groups, snap.max_fileset_id
+        )
+
+    return load
+
+
 def serve_view(config: RepoConfig, mountpoint: Path) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
     catalog = LocalCatalog(config.catalog_path)
     try:
-        view = RepositoryView(catalog.snapshot(), expand_root_depth(config.template))
+        view = RepositoryView(
+            catalog.snapshot_people(), expand_root_depth(config.template), fileset_loader(catalog)
+        )
         ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout)
 
         async def follow(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
-            await follow_catalog(view, catalog, config.refresh_interval)
+            await follow_catalog(view, catalog, config.refresh_interval, ops.lock)
 
         _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, [follow], "view")
     finally:
@@ -230,18 +249,26 @@ async def _watch_signals() -> None:
             return
 
 
-async def follow_catalog(view: RepositoryView, catalog: LocalCatalog, interval: float) -> None:
+async def follow_catalog(
+    view: RepositoryView, catalog: LocalCatalog, interval: float, lock: trio.Lock
+) -> None:
     """Poll the catalog's event log (one indexed query) and apply what changed."""
     while True:
         await trio.sleep(interval)
-        try:
-            changes = await trio.to_thread.run_sync(catalog.changes, view.event_id)
-        except Exception:  # a locked or briefly unreadable catalog: keep serving, retry
-            log.exception("reading catalog changes failed; serving the last known tree")
-            continue
-        if changes is None:
-            continue
-        inval = view.apply(changes)
+        async with lock:
+            try:
+                changes = await trio.to_thread.run_sync(catalog.changes, view.event_id)
+                if changes is None:
+                    continue
+                refetched = {}
+                for exp_id, viewer in view.rebuild_targets(changes).items():
+                    refetched[exp_id] = await trio.to_thread.run_sync(
+                        view.loader, viewer, changes.snapshot
+                    )
+            except Exception:  # a locked or briefly unreadable catalog: keep serving, retry
+                log.exception("reading catalog changes failed; serving the last known tree")
+                continue
+            inval = view.apply(changes, refetched)
         if inval:
             await trio.to_thread.run_sync(_invalidate, inval)
 

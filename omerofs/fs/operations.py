@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import pyfuse3
+import trio
 
 from omerofs.fs.common import fuse_errors, statfs_of
 from omerofs.fs.inodes import Node, refresh_file_stat
@@ -30,6 +31,7 @@ class ViewOperations(pyfuse3.Operations):
         self.table = view.table
         self.managed_dir = managed_dir
         self.timeout = cache_timeout
+        self.lock = trio.Lock()  # one of: building a user's tree, applying catalog changes
 
     # -- attributes, built in one place ----------------------------------------------
 
@@ -50,11 +52,18 @@ class ViewOperations(pyfuse3.Operations):
         attr.attr_timeout = self.timeout
         return attr
 
-    def _dir(self, inode: int) -> Node:
+    async def _dir(self, inode: int) -> Node:
         node = self.table.get(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        self.view.materialize(node)
+        if self.view.build_request(node) is not None:
+            async with self.lock:  # the catalog follower does not apply changes meanwhile
+                request = self.view.build_request(node)
+                if request is not None:
+                    filesets = await trio.to_thread.run_sync(
+                        self.view.loader, request[1], self.view.snapshot
+                    )
+                    self.view.build(request[0], filesets)
         return node
 
     # -- namespace -------------------------------------------------------------------
@@ -63,7 +72,7 @@ class ViewOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self._dir(parent_inode)
+        parent = await self._dir(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
             return self.attributes(parent)
@@ -83,12 +92,12 @@ class ViewOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        self._dir(inode)
+        await self._dir(inode)
         return inode
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        directory = self._dir(fh)
+        directory = await self._dir(fh)
         for node in self.table.listing(directory, start_id):
             if not pyfuse3.readdir_reply(
                 token, os.fsencode(node.name), self.attributes(node), node.seq

@@ -1,5 +1,6 @@
 """The read-only repository view as a whole: one home directory per user, each user's
-subtree built on first use, and catalog changes applied as they arrive.
+subtree built on first use from just the filesets they may see (fetched through the
+``loader``), and catalog changes applied as they arrive.
 
 The view never decides visibility itself (``identity.can_see`` does, via the layout)
 and never talks to FUSE: ``apply`` returns what the kernel must forget, and the
@@ -10,13 +11,18 @@ from __future__ import annotations
 
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from omerofs.catalog.protocol import Changes, Snapshot
-from omerofs.fs.inodes import InodeTable, Node, walk
+from omerofs.catalog.protocol import Changes, Fileset, Snapshot
+from omerofs.fs.inodes import InodeTable, Node
 from omerofs.fs.layout import UserLayout
-from omerofs.identity import make_viewer
+from omerofs.identity import Viewer, make_viewer
 from omerofs.template import sanitize_name
+
+# (viewer, snapshot) -> the filesets up to snapshot.max_fileset_id the viewer may see
+# (a superset is fine: the layout applies can_see to each). Blocking: call it in a thread.
+FilesetLoader = Callable[[Viewer, Snapshot], list[Fileset]]
 
 HOME_MODE = stat.S_IFDIR | 0o500
 _ADDITIVE = {
@@ -42,8 +48,10 @@ class Invalidation:
 
 
 class RepositoryView:
-    def __init__(self, snapshot: Snapshot, root_depth: int) -> None:
+    def __init__(self, snapshot: Snapshot, root_depth: int, loader: FilesetLoader) -> None:
+        snapshot.filesets = {}  # filesets live in the users' trees, fetched per user
         self.snapshot = snapshot
+        self.loader = loader
         self.root_depth = root_depth
         self.table = InodeTable(mtime_ns=time.time_ns())
         self._homes: dict[int, Node] = {}
@@ -92,41 +100,47 @@ class RepositoryView:
     def is_home(self, node: Node) -> bool:
         return node.parent is self.table.root
 
-    def materialize(self, node: Node) -> None:
-        """Build a user's subtree the first time anything below their home is asked for."""
+    def build_request(self, node: Node) -> tuple[int, Viewer] | None:
+        """(experimenter, viewer) if ``node`` is a home whose tree is not built yet."""
         if not self.is_home(node):
-            return
+            return None
         exp_id = self._owner_of_home.get(node.inode)
         if exp_id is None or exp_id in self._layouts:
-            return
-        self._layouts[exp_id] = self._build(exp_id, node)
+            return None
+        return exp_id, self.viewer_of(exp_id, self.snapshot)
 
-    def _build(self, exp_id: int, home: Node) -> UserLayout:
-        snap = self.snapshot
+    def build(self, exp_id: int, filesets: list[Fileset]) -> None:
+        """Build a user's subtree from the filesets the loader fetched for them."""
+        if exp_id not in self._layouts and exp_id in self._homes:
+            self._layouts[exp_id] = self._build(exp_id, self._homes[exp_id], filesets)
+
+    def materialize(self, node: Node) -> None:
+        """Build a home's tree right here (blocking; the FUSE layer fetches in a thread)."""
+        request = self.build_request(node)
+        if request is not None:
+            self.build(request[0], self.loader(request[1], self.snapshot))
+
+    @staticmethod
+    def viewer_of(exp_id: int, snap: Snapshot) -> Viewer:
         exp = snap.experimenters[exp_id]
-        viewer = make_viewer(
+        return make_viewer(
             exp.id,
             exp.admin,
             ((m.group_id, m.owner) for m in snap.memberships if m.experimenter_id == exp.id),
         )
-        layout = UserLayout(self.table, home, viewer, snap, self.root_depth)
-        layout.build()
+
+    def _build(self, exp_id: int, home: Node, filesets: list[Fileset]) -> UserLayout:
+        viewer = self.viewer_of(exp_id, self.snapshot)
+        layout = UserLayout(self.table, home, viewer, self.snapshot, self.root_depth)
+        layout.build(filesets)
         layout.touched.clear()
         return layout
 
     # -- following the catalog -------------------------------------------------------
 
-    def apply(self, changes: Changes) -> Invalidation:
-        """Bring the tree up to date with ``changes``; return what the kernel must forget."""
-        inval = Invalidation()
-        new = changes.snapshot
-        known_projects, known_datasets = set(self.snapshot.projects), set(self.snapshot.datasets)
-        new.filesets = {**self.snapshot.filesets, **new.filesets}
-        added = sorted(set(new.filesets) - set(self.snapshot.filesets))
-        self.snapshot = new
-        for layout in self._layouts.values():
-            layout.snapshot = new
-        self._sync_homes(inval)
+    def rebuild_targets(self, changes: Changes) -> dict[int, Viewer]:
+        """Built users whose trees ``changes`` invalidate (they must be fetched again),
+        with their viewer under the new snapshot."""
         kinds = {(e.entity, e.action) for e in changes.events}
         if kinds <= _ADDITIVE:
             affected: set[int] = set()
@@ -134,26 +148,45 @@ class RepositoryView:
             affected = {e.entity_id for e in changes.events if (e.entity, e.action) in _PER_USER}
         else:  # e.g. a group's permission level changed: everyone may see differently
             affected = set(self._layouts)
+        new = changes.snapshot
+        return {
+            e: self.viewer_of(e, new)
+            for e in affected & set(self._layouts)
+            if e in new.experimenters
+        }
+
+    def apply(self, changes: Changes, refetched: dict[int, list[Fileset]]) -> Invalidation:
+        """Bring the tree up to date with ``changes`` (and the filesets refetched for the
+        ``rebuild_targets``); return what the kernel must forget."""
+        inval = Invalidation()
+        new = changes.snapshot
+        added = [new.filesets[i] for i in sorted(new.filesets)]
+        new.filesets = {}
+        known_projects, known_datasets = set(self.snapshot.projects), set(self.snapshot.datasets)
+        self.snapshot = new
+        for layout in self._layouts.values():
+            layout.snapshot = new
+        self._sync_homes(inval)
         new_projects = sorted(set(new.projects) - known_projects)
         new_datasets = sorted(set(new.datasets) - known_datasets)
         for exp_id, layout in list(self._layouts.items()):
-            if exp_id in affected:
-                self._rebuild(exp_id, inval)
+            if exp_id in refetched:
+                self._rebuild(exp_id, inval, refetched[exp_id])
                 continue
             layout.add_containers(new_projects, new_datasets)
-            for fileset_id in added:
-                layout.add_fileset(new.filesets[fileset_id])
+            for fs in added:
+                layout.add_fileset(fs)
             inval.inodes.update(n.inode for n in layout.touched)
             layout.touched.clear()
         return inval
 
-    def _rebuild(self, exp_id: int, inval: Invalidation) -> None:
+    def _rebuild(self, exp_id: int, inval: Invalidation, filesets: list[Fileset]) -> None:
         """Rebuild one user's subtree, keeping inode numbers of paths that survive."""
         home = self._homes[exp_id]
         old = dict(home.children or {})
         for child in old.values():
             self.table.remove(child)
-        self._layouts[exp_id] = self._build(exp_id, home)
+        self._layouts[exp_id] = self._build(exp_id, home, filesets)
         for name, old_child in old.items():
             self._merge(home, name, old_child, inval)
         inval.inodes.add(home.inode)
@@ -171,11 +204,3 @@ class RepositoryView:
                 self._merge(new, child_name, child, inval)
             if set(old.children) != set(new.children or {}):
                 inval.inodes.add(new.inode)
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "inodes": len(self.table),
-            "materialized_users": len(self._layouts),
-            "filesets": len(self.snapshot.filesets),
-            "nodes_below_homes": sum(1 for h in self._homes.values() for _ in walk(h)),
-        }
