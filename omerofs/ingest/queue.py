@@ -227,40 +227,7 @@ class JobQueue:
 
 
 def _job(row: tuple) -> Job:
-    (
-        id_,
-        root,
-        user,
-        grp,
-        project,
-        dataset,
-        is_dir,
-        transfer,
-        state,
-        manifest,
-        total,
-        done,
-        prefix,
-        fileset_id,
-        error,
-        attempts,
-        created,
-        updated,
-    ) = row
+    id_, root, user, grp, project, dataset, is_dir, transfer, state, manifest, *rest = row
     key = FilesetKey(user, grp, project, dataset, root, bool(is_dir))
     files = {p: (s, m) for p, (s, m) in json.loads(manifest).items()}
-    return Job(
-        id_,
-        key,
-        transfer,
-        state,
-        files,
-        total,
-        done,
-        prefix,
-        fileset_id,
-        error,
-        attempts,
-        created,
-        updated,
-    )
+    return Job(id_, key, transfer, state, files, *rest)  # rest: totals .. updated, in order
