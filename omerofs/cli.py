@@ -13,10 +13,11 @@ from datetime import datetime
 from pathlib import Path
 
 from omerofs.catalog.local import LocalCatalog
-from omerofs.config import TRANSFER_MODES, RepoConfig, init_repo, load_config
+from omerofs.config import RepoConfig, init_repo, load_config
 from omerofs.errors import OmerofsError, UsageError
 from omerofs.identity import PermissionLevel
 from omerofs.ingest.importer import Importer, Target
+from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 
 AUTO_GID_BASE = 70000
 

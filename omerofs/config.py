@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omerofs.errors import AlreadyExists, NotFound, UsageError
+from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 from omerofs.template import DEFAULT_TEMPLATE, validate_template
 
 CONFIG_NAME = "omerofs.toml"
 CATALOG_NAME = "catalog.sqlite"
 MANAGED_NAME = "ManagedRepository"
-TRANSFER_MODES = ("ln", "ln_s", "ln_rm", "cp", "cp_rm", "upload", "upload_rm")
 
 _DEFAULT_TOML = """\
 # omerofs repository configuration

@@ -63,16 +63,19 @@ class CatalogUnavailable(OmerofsError):
     errno = errno.EIO
 
 
-class MountError(OmerofsError):
-    """The mountpoint is unusable (missing, not empty, already mounted)."""
+class Frozen(OmerofsError):
+    """Staged data that was imported in place must not change or move (EPERM)."""
+
+    errno = errno.EPERM
+
+
+class Busy(OmerofsError):
+    """The fileset is being imported right now (EBUSY)."""
 
     errno = errno.EBUSY
 
 
-def errno_of(exc: BaseException) -> int:
-    """Map any exception to the errno a FUSE caller should see."""
-    if isinstance(exc, OmerofsError):
-        return exc.errno
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return errno.EIO
+class MountError(OmerofsError):
+    """The mountpoint is unusable (missing, not empty, already mounted)."""
+
+    errno = errno.EBUSY

@@ -74,8 +74,8 @@ def validate_template(template: str) -> None:
             raise UsageError(f"template {template!r} has an empty, '.' or '..' component")
 
 
-def expand(template: str, ctx: TemplateContext) -> tuple[str, int]:
-    """Expand ``template``; return the prefix (ending in ``/``) and its root-owned depth.
+def expand(template: str, ctx: TemplateContext) -> str:
+    """Expand ``template`` into a fileset's template prefix (ending in ``/``).
 
     ``%increment%`` is left in place: only the repository knows which numbers are free
     (see ``resolve_increment``).
@@ -104,10 +104,8 @@ def expand(template: str, ctx: TemplateContext) -> tuple[str, int]:
             return match.group(0)
         return values[token]
 
-    root_part, _, user_part = template.partition("//") if "//" in template else ("", "", template)
-    root_parts = [sanitize_name(_TOKEN.sub(substitute, p)) for p in root_part.split("/") if p]
-    user_parts = [sanitize_name(_TOKEN.sub(substitute, p)) for p in user_part.split("/") if p]
-    return "/".join(root_parts + user_parts) + "/", len(root_parts)
+    parts = [sanitize_name(_TOKEN.sub(substitute, p)) for p in template.split("/") if p]
+    return "/".join(parts) + "/"
 
 
 def resolve_increment(component: str, taken: set[str]) -> str:

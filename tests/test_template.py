@@ -29,7 +29,7 @@ CTX = TemplateContext("alice", 2, "lab", 5, "rwr---", datetime(2026, 3, 7, 9, 4,
 )
 def test_expand(template: str, prefix: str, root_depth: int) -> None:
     validate_template(template)
-    assert expand(template, CTX) == (prefix, root_depth)
+    assert expand(template, CTX) == prefix
     assert expand_root_depth(template) == root_depth
 
 

@@ -80,6 +80,9 @@ class IngestOperations(pyfuse3.Operations):
     def _path(self, rel: str) -> str:
         return os.path.join(self.staging, rel) if rel else self.staging
 
+    def _is_dir(self, rel: str) -> bool:
+        return stat.S_ISDIR(os.lstat(self._path(rel)).st_mode)
+
     def _attr(self, node: StagedNode, st: os.stat_result) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
@@ -295,18 +298,20 @@ class IngestOperations(pyfuse3.Operations):
         node = self.tree.child(old_parent, old_text)
         self.tree.move(node, new_parent, new_text)
         self._rekey_open_handles()
-        for rel in (old_rel, new_rel):
-            self._changed_below(rel)
-
-    def _changed_below(self, rel: str) -> None:
-        """Tell the service about a renamed file, or every file of a renamed directory."""
-        path = self._path(rel)
-        if not os.path.isdir(path) or os.path.islink(path):
-            self.service.changed(rel)
+        self.service.changed(old_rel)
+        if not self._is_dir(new_rel):
+            self.service.changed(new_rel)
             return
-        for dirpath, _, filenames in os.walk(path):
-            for name in filenames:
-                self.service.changed(os.path.relpath(os.path.join(dirpath, name), self.staging))
+        # a renamed directory: every file below it may now belong to another fileset
+        for rel in await trio.to_thread.run_sync(self._files_below, new_rel):
+            self.service.changed(rel)
+
+    def _files_below(self, rel: str) -> list[str]:
+        return [
+            os.path.relpath(os.path.join(dirpath, name), self.staging)
+            for dirpath, _, filenames in os.walk(self._path(rel))
+            for name in filenames
+        ]
 
     def _rekey_open_handles(self) -> None:
         """A rename moved open files: count their handles under their new fileset."""
@@ -434,6 +439,7 @@ class IngestOperations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._listings.pop(fh, None)
 
+    @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         rel = self._listings.get(fh, [""])[0]
         fd = os.open(self._path(rel), os.O_RDONLY | os.O_DIRECTORY)
@@ -453,7 +459,7 @@ class IngestOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         rel = self._node(inode).rel()
         if name in STATE_XATTRS:
-            state = await self.service.state(rel)
+            state = await self.service.state(rel, self._is_dir(rel))
             if state is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             value = {
@@ -478,7 +484,7 @@ class IngestOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         rel = self._node(inode).rel()
         names = [os.fsencode(n) for n in os.listxattr(self._path(rel), follow_symlinks=False)]
-        state = await self.service.state(rel)
+        state = await self.service.state(rel, self._is_dir(rel))
         if state is not None:
             names.append(b"user.omerofs.state")
             if state.error:
@@ -493,10 +499,7 @@ class IngestOperations(pyfuse3.Operations):
     ) -> None:
         rel = self._node(inode).rel()
         if name in ACTION_XATTRS:
-            if not self.service.commit(rel):
-                raise pyfuse3.FUSEError(
-                    errno.EBUSY if await self.service.state(rel) else errno.EINVAL
-                )
+            self.service.commit(rel, self._is_dir(rel))
             return
         if name.startswith(b"user.omerofs."):
             raise pyfuse3.FUSEError(errno.EPERM)

@@ -171,9 +171,9 @@ def serve_ingest(
             last = await trio.to_thread.run_sync(catalog.last_event_id)
             while True:
                 await trio.sleep(1.0)
-                changes = await trio.to_thread.run_sync(catalog.changes, last)
-                if changes is not None:
-                    last = changes.snapshot.event_id
+                now = await trio.to_thread.run_sync(catalog.last_event_id)
+                if now != last:  # someone may have added a user: give them a directory
+                    last = now
                     await trio.to_thread.run_sync(ensure_user_dirs, config, catalog)
 
         _serve(ops, mountpoint, set(), config.read_ahead_kb, [service.run, follow_users], "ingest")

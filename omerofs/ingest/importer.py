@@ -289,7 +289,7 @@ class Importer:
                 session=uuid.uuid4().hex,
                 session_id=os.getpid(),
             )
-            prefix, _ = expand(self.config.template, ctx)
+            prefix = expand(self.config.template, ctx)
             parts = prefix.rstrip("/").split("/")
             if attempt >= 5:  # a template without a unique last part: add a counter
                 parts[-1] += "-%increment%"

@@ -68,6 +68,16 @@ def fileset_of(rel_path: str) -> FilesetKey | None:
     return FilesetKey(user, group, project, dataset, "/".join(prefix + rest[:3]), True)
 
 
+def fileset_at(rel_path: str, is_dir: bool) -> FilesetKey | None:
+    """The fileset a path belongs to: a file's own (``fileset_of``), or for a directory
+    the multi-file fileset it is the root of or lies inside; None for other directories
+    (a user's, a project's or a dataset's)."""
+    if not is_dir:
+        return fileset_of(rel_path)
+    key = fileset_of(rel_path.strip("/") + "/_")  # what a file inside it would belong to
+    return key if key is not None and key.is_dir else None
+
+
 def tracking_key(rel_path: str) -> FilesetKey | None:
     """The fileset whose closing ``rel_path`` holds up: its own, or for a temporary file
     inside a multi-file fileset directory, that directory's (so a slow ``.part`` writer
@@ -78,8 +88,7 @@ def tracking_key(rel_path: str) -> FilesetKey | None:
     parts = rel_path.strip("/").split("/")
     for i, part in enumerate(parts[1:], start=1):
         if is_ignored_name(part):
-            enclosing = fileset_of("/".join(parts[:i] + ["x"]))
-            return enclosing if enclosing is not None and enclosing.is_dir else None
+            return fileset_at("/".join(parts[:i]), is_dir=True)
     return None
 
 

@@ -210,9 +210,6 @@ class JobQueue:
             ).fetchall()
         return {p: (j, s, m) for p, j, s, m in rows}
 
-    def recent(self, limit: int = 50) -> list[Job]:
-        return self._rows("WHERE state != 'superseded' ORDER BY updated DESC LIMIT ?", (limit,))
-
     def counts(self) -> dict[str, dict[str, int]]:
         """user -> state -> number of filesets (latest job per fileset root)."""
         with self._lock:

@@ -10,7 +10,6 @@ reports the outcome where the user looks: xattrs and an error report in the moun
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -26,28 +25,22 @@ from sortedcontainers import SortedSet
 
 from omerofs.catalog.local import LocalCatalog
 from omerofs.config import RepoConfig
-from omerofs.errors import OmerofsError
+from omerofs.errors import Busy, Frozen, OmerofsError, UsageError
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import plan_fileset
 from omerofs.ingest.importer import TMP_PREFIX, Importer, ImportHooks, Target
-from omerofs.ingest.paths import FilesetKey, fileset_of, is_ignored_name, tracking_key
+from omerofs.ingest.paths import (
+    FilesetKey,
+    fileset_at,
+    fileset_of,
+    is_ignored_name,
+    tracking_key,
+)
 from omerofs.ingest.queue import Job, JobQueue, Manifest
 from omerofs.ingest.tracker import CloseTracker
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the queue
-
-
-class Frozen(OmerofsError):
-    """The path belongs to an imported fileset: in-place data must not change (EPERM)."""
-
-    errno = errno.EPERM
-
-
-class Busy(OmerofsError):
-    """The fileset is being imported right now (EBUSY)."""
-
-    errno = errno.EBUSY
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ class IngestService:
         self.tracker = CloseTracker(settle)
         self._limiter = trio.CapacityLimiter(max(1, concurrency))
         self._frozen_roots: SortedSet = SortedSet()
-        self._importing: set[str] = set()
+        self._importing: SortedSet = SortedSet()
         self._explicit: set[FilesetKey] = set()
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -90,19 +83,14 @@ class IngestService:
     # -- what the FUSE layer asks ----------------------------------------------------
 
     def check_mutable(self, rel: str) -> None:
-        """Raise Frozen/Busy if ``rel`` (or anything below it) must not change."""
+        """Raise Frozen/Busy if ``rel`` is, lies in, or contains imported or importing data."""
         rel = rel.strip("/")
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            if "/".join(parts[:i]) in self._frozen_roots:
-                raise Frozen(f"{rel} was imported in place and must not change")
-        for root in self._frozen_roots.irange(minimum=rel + "/", maximum=rel + "/\U0010ffff"):
-            raise Frozen(f"{rel} contains imported data ({root})")
-        key = fileset_of(rel) or fileset_of(rel + "/x")
-        if key is not None and key.root in self._importing:
-            raise Busy(f"{key.root} is being imported")
-        if any(r == rel or r.startswith(rel + "/") for r in self._importing):
-            raise Busy(f"{rel} contains a fileset being imported")
+        root = _overlapping(rel, self._frozen_roots)
+        if root is not None:
+            raise Frozen(f"{rel}: {root} was imported in place and must not change")
+        root = _overlapping(rel, self._importing)
+        if root is not None:
+            raise Busy(f"{rel}: {root} is being imported")
 
     def opened(self, rel: str) -> None:
         key = tracking_key(rel)
@@ -122,27 +110,18 @@ class IngestService:
             self.tracker.changed(key, trio.current_time())
             self._poke()
 
-    def commit(self, rel: str) -> bool:
+    def commit(self, rel: str, is_dir: bool) -> None:
         """Explicit commit (or retry) of the fileset ``rel`` belongs to or is the root of."""
-        key = self._key_for(rel)
+        key = fileset_at(rel, is_dir)
         if key is None:
-            return False
+            raise UsageError(f"{rel} is not part of a fileset")
         if not self.tracker.commit(key, trio.current_time()):
-            return False
+            raise Busy(f"{key.root} still has open files")
         self._explicit.add(key)
         self._poke()
-        return True
 
-    def _key_for(self, rel: str) -> FilesetKey | None:
-        key = fileset_of(rel)
-        if key is None or key.root != rel.strip("/"):
-            dir_key = fileset_of(rel.strip("/") + "/x/y/z/w")
-            if dir_key is not None and dir_key.root == rel.strip("/"):
-                return dir_key
-        return key
-
-    async def state(self, rel: str) -> FilesetState | None:
-        key = self._key_for(rel)
+    async def state(self, rel: str, is_dir: bool) -> FilesetState | None:
+        key = fileset_at(rel, is_dir)
         if key is None:
             return None
         if key.root in self._importing:
@@ -404,6 +383,17 @@ class IngestService:
                 continue
             result.append(key)
         return result
+
+
+def _overlapping(rel: str, roots: SortedSet) -> str | None:
+    """A root in ``roots`` that is ``rel``, one of its parents, or below it."""
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        if "/".join(parts[:i]) in roots:
+            return "/".join(parts[:i])
+    for root in roots.irange(minimum=rel + "/", maximum=rel + "/\U0010ffff"):
+        return root
+    return None
 
 
 def same_files(a: Manifest, b: Manifest) -> bool:
