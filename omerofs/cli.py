@@ -12,11 +12,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from omerofs.backend import Backend, open_backend
 from omerofs.catalog.local import LocalCatalog
+from omerofs.catalog.protocol import Catalog, Snapshot
 from omerofs.config import RepoConfig, init_repo, load_config
 from omerofs.errors import OmerofsError, UsageError
 from omerofs.identity import PermissionLevel
-from omerofs.ingest.importer import Importer, Target
+from omerofs.ingest.importer import Target
 from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 
 AUTO_GID_BASE = 70000
@@ -30,8 +32,18 @@ def _repo(args: argparse.Namespace) -> Path:
 
 
 def _open(args: argparse.Namespace) -> tuple[RepoConfig, LocalCatalog]:
+    """The embedded catalog, for commands that change users and groups."""
     config = load_config(_repo(args))
+    if config.omero is not None:
+        raise UsageError(
+            f"{config.root} uses the OMERO server {config.omero.host}: manage its users, "
+            "groups and memberships in OMERO"
+        )
     return config, LocalCatalog(config.catalog_path)
+
+
+def _open_backend(args: argparse.Namespace) -> Backend:
+    return open_backend(load_config(_repo(args)))
 
 
 def _setup_logging(config: RepoConfig | None, verbose: bool) -> None:
@@ -55,9 +67,21 @@ def _setup_logging(config: RepoConfig | None, verbose: bool) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    kwargs = {"template": args.template} if args.template else {}
+    kwargs: dict = {"template": args.template} if args.template else {}
+    omero = {
+        key: str(value)
+        for key in ("host", "port", "credentials", "managed_dir", "idmap")
+        if (value := getattr(args, "omero_" + key)) is not None
+    }
+    if omero:
+        missing = [k for k in ("host", "credentials", "managed_dir") if k not in omero]
+        if missing:
+            raise UsageError("an OMERO backend needs --omero-" + ", --omero-".join(missing))
+        omero["credentials"] = os.path.abspath(omero["credentials"])
+        kwargs["omero"] = omero
     config = init_repo(_repo(args), **kwargs)
-    LocalCatalog(config.catalog_path, create=True).close()
+    if config.omero is None:
+        LocalCatalog(config.catalog_path, create=True).close()
     print(f"initialised omerofs repository at {config.root}")
     return 0
 
@@ -102,14 +126,18 @@ def cmd_group_add_member(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    config, catalog = _open(args)
-    _setup_logging(config, args.verbose)
-    target = Target.parse(args.target)
-    mode = args.transfer or config.transfer
-    importer = Importer(config, catalog)
-    user = args.user or _caller_name(catalog)
-    owner, group = importer.resolve_identity(user, args.group, os.getuid())
-    outcomes = importer.import_paths([Path(p) for p in args.paths], owner, group, mode, target)
+    backend = _open_backend(args)
+    try:
+        _setup_logging(backend.config, args.verbose)
+        target = Target.parse(args.target)
+        mode = args.transfer or backend.config.transfer
+        importer = backend.importer
+        user = args.user or _caller_name(backend.catalog)
+        owner, group = importer.resolve_identity(user, args.group, os.getuid())
+        sources = [Path(p) for p in args.paths]
+        outcomes = importer.import_paths(sources, owner, group, mode, target)
+    finally:
+        backend.close()
     failed = 0
     for outcome in outcomes:
         if outcome.fileset is not None:
@@ -124,7 +152,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _caller_name(catalog: LocalCatalog) -> str:
+def _caller_name(catalog: Catalog) -> str:
     exp = catalog.experimenter_by_uid(os.getuid())
     if exp is None:
         raise UsageError(f"uid {os.getuid()} is not mapped to an OMERO user; pass --user")
@@ -245,9 +273,21 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot(catalog: Catalog, with_filesets: bool) -> Snapshot:
+    """People, groups and containers, and if asked every finished fileset."""
+    snap = catalog.snapshot_people()
+    if with_filesets:
+        filesets = catalog.filesets_for(-1, None, snap.max_fileset_id)
+        snap.filesets = {fs.id: fs for fs in filesets}
+    return snap
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    _, catalog = _open(args)
-    snap = catalog.snapshot()
+    backend = _open_backend(args)
+    try:
+        snap = _snapshot(backend.catalog, args.what == "filesets")
+    finally:
+        backend.close()
     rows: list[dict] = []
     if args.what == "users":
         for e in sorted(snap.experimenters.values(), key=lambda e: e.id):
@@ -336,9 +376,12 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    config, catalog = _open(args)
     if args.fileset is None:
-        snap = catalog.snapshot()
+        backend = _open_backend(args)
+        try:
+            config, snap = backend.config, _snapshot(backend.catalog, True)
+        finally:
+            backend.close()
         total = sum(e.size for fs in snap.filesets.values() for e in fs.entries)
         info = {
             "repository": str(config.root),
@@ -355,6 +398,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "last_event": snap.event_id,
         }
     else:
+        config, catalog = _open(args)
         fs = catalog.fileset(args.fileset)
         info = {
             "fileset": fs.id,
@@ -409,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", parents=[repo], help="create a new repository")
     p.add_argument("--template", help="ManagedRepository path template (OMERO's tokens)")
+    p.add_argument("--omero-host", help="use this OMERO server as the catalog")
+    p.add_argument("--omero-port", type=int, help="its port (default 4064)")
+    p.add_argument("--omero-credentials", help="TOML file: username, password (mode 0600)")
+    p.add_argument("--omero-managed-dir", help="the server's ManagedRepository, mounted here")
+    p.add_argument("--omero-idmap", help="TOML file mapping OMERO names to local uids/gids")
     p.set_defaults(func=cmd_init)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="sub", required=True)

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from omerofs.catalog.omero.settings import OmeroSettings
 from omerofs.errors import AlreadyExists, NotFound, UsageError
 from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 from omerofs.template import DEFAULT_TEMPLATE, validate_template
@@ -23,7 +24,8 @@ _DEFAULT_TOML = """\
 # omerofs repository configuration
 [repository]
 # "local": the embedded SQLite catalog beside this file.
-backend = "local"
+# "omero": an OMERO server, configured in an [omero] section (see docs/omero.md).
+backend = "{backend}"
 # OMERO's omero.fs.repo.path: directories before // belong to root, after it to the user.
 template = "{template}"
 
@@ -65,13 +67,17 @@ class RepoConfig:
     settle: float = 5.0
     concurrency: int = 2
     ingest_xattrs: bool = True
+    omero: OmeroSettings | None = None
 
     @property
     def catalog_path(self) -> Path:
+        """The embedded catalog, or with an OMERO backend only the ingest queue."""
         return self.root / CATALOG_NAME
 
     @property
     def managed_dir(self) -> Path:
+        if self.omero is not None:
+            return self.omero.managed_dir
         return self.root / MANAGED_NAME
 
     @property
@@ -85,8 +91,11 @@ class RepoConfig:
         return self.root / "logs"
 
 
-def init_repo(root: Path, template: str = DEFAULT_TEMPLATE) -> RepoConfig:
-    """Create a new, empty repository directory (refusing to touch an existing one)."""
+def init_repo(
+    root: Path, template: str = DEFAULT_TEMPLATE, omero: dict[str, str] | None = None
+) -> RepoConfig:
+    """Create a new, empty repository directory (refusing to touch an existing one).
+    With ``omero`` (the [omero] keys), the catalog is that server's."""
     validate_template(template)
     root = root.absolute()
     if (root / CONFIG_NAME).exists():
@@ -97,9 +106,20 @@ def init_repo(root: Path, template: str = DEFAULT_TEMPLATE) -> RepoConfig:
     (root / MANAGED_NAME).mkdir(exist_ok=True)
     (root / "logs").mkdir(exist_ok=True)
     tmp = root / (CONFIG_NAME + ".tmp")
-    tmp.write_text(_DEFAULT_TOML.format(template=template))
+    text = _DEFAULT_TOML.format(template=template, backend="omero" if omero else "local")
+    if omero:
+        text += "\n[omero]\n" + "".join(
+            f"{key} = {_toml_value(value)}\n" for key, value in omero.items()
+        )
+    tmp.write_text(text)
     os.replace(tmp, root / CONFIG_NAME)
     return load_config(root)
+
+
+def _toml_value(value: str) -> str:
+    if value.isdigit():
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def load_config(root: Path) -> RepoConfig:
@@ -130,9 +150,12 @@ def load_config(root: Path) -> RepoConfig:
         settle=float(ingest.get("settle", 5)),
         concurrency=int(ingest.get("concurrency", 2)),
         ingest_xattrs=bool(ingest.get("xattrs", True)),
+        omero=OmeroSettings.parse(data.get("omero", {}), path)
+        if repo.get("backend") == "omero"
+        else None,
     )
-    if config.backend != "local":
-        raise UsageError(f"{path}: backend {config.backend!r} is not supported (expected 'local')")
+    if config.backend not in ("local", "omero"):
+        raise UsageError(f"{path}: unknown backend {config.backend!r} (expected local or omero)")
     validate_template(config.template)
     for mode in (config.transfer, config.ingest_transfer):
         if mode not in TRANSFER_MODES:

@@ -9,10 +9,17 @@ members' data; in read-only, read-annotate and read-write groups every member do
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import grp
+import logging
+import pwd
+import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from omerofs.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 class PermissionLevel(enum.Enum):
@@ -100,3 +107,71 @@ def make_viewer(
         member_of=frozenset(g for g, _ in pairs),
         owner_of=frozenset(g for g, owner in pairs if owner),
     )
+
+
+class IdMap:
+    """OMERO user and group names -> local uids and gids, for a backend whose identities
+    live elsewhere (an OMERO server). By default a name maps to the local account or group
+    of the same name; a TOML file overrides that, like sshfs's idmap files::
+
+        [users]            # OMERO name = local name or uid
+        alice = "asmith"
+        bob = 3002
+        [groups]
+        lab = 71001
+
+    Names that map to nothing are hidden from the view and reported once each."""
+
+    def __init__(self, users: dict[str, int | str], groups: dict[str, int | str]) -> None:
+        self._users = dict(users)
+        self._groups = dict(groups)
+        self.unmapped: set[tuple[str, str]] = set()
+
+    @classmethod
+    def load(cls, path: Path | None) -> IdMap:
+        if path is None:
+            return cls({}, {})
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read id map {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        users, groups = data.get("users", {}), data.get("groups", {})
+        for section, table in (("users", users), ("groups", groups)):
+            bad = [k for k, v in table.items() if not isinstance(v, int | str) or v == ""]
+            if not isinstance(table, dict) or bad:
+                raise UsageError(f"{path}: [{section}] values must be local names or ids")
+        return cls(users, groups)
+
+    def uid(self, name: str) -> int | None:
+        return self._resolve("user", name, self._users.get(name, name), _uid_of)
+
+    def gid(self, name: str) -> int | None:
+        return self._resolve("group", name, self._groups.get(name, name), _gid_of)
+
+    def _resolve(
+        self, kind: str, name: str, local: int | str, lookup: Callable[[str], int]
+    ) -> int | None:
+        if isinstance(local, int):
+            return local
+        try:
+            return lookup(local)
+        except KeyError:
+            if (kind, name) not in self.unmapped:
+                self.unmapped.add((kind, name))
+                log.warning(
+                    "OMERO %s %r has no local %s account and no idmap entry: hidden",
+                    kind,
+                    name,
+                    "user" if kind == "user" else "group",
+                )
+            return None
+
+
+def _uid_of(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of(name: str) -> int:
+    return grp.getgrnam(name).gr_gid

@@ -7,7 +7,7 @@ backend (``local``) and the OMERO-server backend are interchangeable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from omerofs.identity import PermissionLevel
 
@@ -164,7 +164,7 @@ class Catalog(Protocol):
 
     def last_event_id(self) -> int: ...
 
-    # the importer and the ingest service
+    # the importer and the ingest service (writing an import is the backend's writer's)
     def experimenter_by_name(self, name: str) -> Experimenter: ...
 
     def experimenter_by_uid(self, uid: int) -> Experimenter | None: ...
@@ -176,8 +176,6 @@ class Catalog(Protocol):
     def memberships_of(self, experimenter_id: int) -> list[Membership]: ...
 
     def is_member(self, user: str, group: str) -> bool: ...
-
-    def record_import(self, record: ImportRecord, on_commit: Any = None) -> Fileset: ...
 
     def fileset_by_prefix(self, prefix: str) -> Fileset | None: ...
 

@@ -49,6 +49,7 @@ class UserLayout:
         self._dataset_dirs: dict[int, list[Node]] = {}
         self._project_dirs: dict[int, Node] = {}
         self._group_dirs: dict[int, Node] = {}
+        self._placed: set[int] = set()  # a remote catalog may report a fileset twice
         uid, gid, mtime = home.uid, home.gid, home.mtime_ns
         self.managed = self._dir(home, MANAGED, uid, gid, mtime)
         self.groups = self._dir(home, GROUPS, uid, gid, mtime)
@@ -95,8 +96,9 @@ class UserLayout:
 
     def add_fileset(self, fs: Fileset) -> bool:
         """Place ``fs`` if this user may see it; return whether it was placed."""
-        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries:
+        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries or fs.id in self._placed:
             return False
+        self._placed.add(fs.id)
         owner = self.snapshot.experimenters.get(fs.owner_id)
         uid = owner.uid if owner else 0
         gid = self.snapshot.groups[fs.group_id].gid

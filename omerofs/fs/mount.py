@@ -20,8 +20,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from omerofs.catalog.local import LocalCatalog
-from omerofs.catalog.protocol import Fileset, Snapshot
+from omerofs.backend import open_backend
+from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
 from omerofs.config import RepoConfig
 from omerofs.errors import MountError, UsageError
 from omerofs.fs.operations import ViewOperations
@@ -112,7 +112,7 @@ def set_read_ahead(mountpoint: Path, kib: int) -> None:
 # -- the daemon --------------------------------------------------------------------------
 
 
-def fileset_loader(catalog: LocalCatalog) -> FilesetLoader:
+def fileset_loader(catalog: Catalog) -> FilesetLoader:
     """Fetch only what a viewer may see: their own filesets and those of the groups in
     which ``can_see`` lets them see everybody's (all, for admins)."""
 
@@ -130,7 +130,8 @@ def fileset_loader(catalog: LocalCatalog) -> FilesetLoader:
 def serve_view(config: RepoConfig, mountpoint: Path) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
-    catalog = LocalCatalog(config.catalog_path)
+    backend = open_backend(config)
+    catalog = backend.catalog
     try:
         view = RepositoryView(
             catalog.snapshot_people(), expand_root_depth(config.template), fileset_loader(catalog)
@@ -143,7 +144,7 @@ def serve_view(config: RepoConfig, mountpoint: Path) -> None:
 
         _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, [follow], "view")
     finally:
-        catalog.close()
+        backend.close()
 
 
 def serve_ingest(
@@ -159,8 +160,9 @@ def serve_ingest(
     from omerofs.ingest.service import IngestService
 
     mountpoint = prepare_mountpoint(mountpoint)
-    catalog = LocalCatalog(config.catalog_path)
-    service = IngestService(config, catalog, transfer_mode, settle, concurrency)
+    backend = open_backend(config)
+    catalog = backend.catalog
+    service = IngestService(config, backend.importer, transfer_mode, settle, concurrency)
     try:
         service.recover()
         ensure_user_dirs(config, catalog)
@@ -179,10 +181,10 @@ def serve_ingest(
         _serve(ops, mountpoint, set(), config.read_ahead_kb, [service.run, follow_users], "ingest")
     finally:
         service.close()
-        catalog.close()
+        backend.close()
 
 
-def ensure_user_dirs(config: RepoConfig, catalog: LocalCatalog) -> None:
+def ensure_user_dirs(config: RepoConfig, catalog: Catalog) -> None:
     """``staging/<user>/``: owned by the user's uid, mode 0700: only they (and root) write."""
     staging = config.staging_dir
     staging.mkdir(mode=0o755, exist_ok=True)
@@ -250,7 +252,7 @@ async def _watch_signals() -> None:
 
 
 async def follow_catalog(
-    view: RepositoryView, catalog: LocalCatalog, interval: float, lock: trio.Lock
+    view: RepositoryView, catalog: Catalog, interval: float, lock: trio.Lock
 ) -> None:
     """Poll the catalog's event log (one indexed query) and apply what changed."""
     while True:

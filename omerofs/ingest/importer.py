@@ -1,11 +1,8 @@
-"""The import engine shared by ``omerofs import`` and (later) the ingest mount.
+"""The import engine shared by ``omerofs import`` and the ingest mount, whatever the backend.
 
-One fileset at a time: read metadata (fail early on unknown formats), reserve the
-template directory, place every file into a private temporary directory and verify
-it, rename that directory into place, record everything in one catalog transaction,
-write the import log, and only then remove sources for ``*_rm`` modes. Any failure
-before the commit removes what was placed, so the repository and catalog never hold
-half an import.
+One fileset at a time: identity rules (who may import as whom), sources never taken
+from the repository itself, then the backend's writer places, verifies and records the
+fileset (all or nothing), and only then are ``*_rm`` sources removed.
 """
 
 from __future__ import annotations
@@ -13,34 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from omerofs.catalog.local import LocalCatalog
-from omerofs.catalog.protocol import (
-    Experimenter,
-    Fileset,
-    Group,
-    ImageInfo,
-    ImportRecord,
-    PlacedFile,
-)
+from omerofs.catalog.protocol import Catalog, Experimenter, Fileset, Group
 from omerofs.config import RepoConfig
-from omerofs.errors import AccessDenied, ImportFailed, OmerofsError, UnknownFormat, UsageError
+from omerofs.errors import AccessDenied, OmerofsError, UsageError
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset, plan_fileset
-from omerofs.ingest.metadata import looks_like_image, read_images
 from omerofs.ingest.transfer import ByteCounter
-from omerofs.template import TemplateContext, expand, resolve_increment
 
 log = logging.getLogger(__name__)
-TMP_PREFIX = ".omerofs-import-"
 
 
 @dataclass(frozen=True)
@@ -101,11 +84,42 @@ class Outcome:
     error: str | None = None
 
 
+class RepositoryWriter(Protocol):
+    """How a backend puts one planned fileset into its repository and catalog: all of
+    it, verified and recorded, or nothing (a failure leaves no file behind)."""
+
+    def write(
+        self,
+        plan: SourceFileset,
+        owner: Experimenter,
+        group: Group,
+        mode: str,
+        target: Target,
+        hooks: ImportHooks,
+    ) -> Fileset: ...
+
+    def discard(self, prefix: str) -> str | None:
+        """Undo an import a crash interrupted after ``prefix`` was reserved; return why
+        it cannot be undone safely (the job is then failed, never retried blindly)."""
+        ...
+
+
 class Importer:
-    def __init__(self, config: RepoConfig, catalog: LocalCatalog) -> None:
+    """The import rules every backend shares: who may import as whom, sources never taken
+    from the repository itself, and ``*_rm`` sources removed only after a verified import
+    and only when unchanged since they were hashed. The writer does the rest."""
+
+    def __init__(
+        self, config: RepoConfig, catalog: Catalog, writer: RepositoryWriter | None = None
+    ) -> None:
         self.config = config
         self.catalog = catalog
-        self.managed = config.managed_dir
+        if writer is None:
+            from omerofs.ingest.local_writer import LocalWriter
+
+            assert isinstance(catalog, LocalCatalog)
+            writer = LocalWriter(config, catalog)
+        self.writer = writer
 
     # -- who imports -----------------------------------------------------------------
 
@@ -176,172 +190,29 @@ class Importer:
         hooks = hooks or ImportHooks()
         self._refuse_repository_sources(plan)
         before = {f.path: _signature(f.path) for f in plan.files}
-        images = self._read_images(plan)
-        started = datetime.now()
-        prefix = self._reserve_prefix(owner, group, started)
-        final = self.managed / prefix
-        staging = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        placed: list[PlacedFile] = []
-        try:
-            hooks.on_prefix(prefix)
-            staging.mkdir()
-            for f in plan.files:
-                dest = staging / f.rel_name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                sha1 = self._place(mode, f.path, dest, hooks.on_bytes)
-                rel_dir, _, name = (prefix + f.rel_name).rpartition("/")
-                placed.append(
-                    PlacedFile(
-                        f.client_path,
-                        rel_dir + "/",
-                        name,
-                        os.stat(dest).st_size,
-                        sha1,
-                        _mimetype(f.path),
-                    )
-                )
-            os.rename(staging, final)  # replaces our own empty reservation atomically
-            fileset = self.catalog.record_import(
-                ImportRecord(
-                    owner_id=owner.id,
-                    group_id=group.id,
-                    template_prefix=prefix,
-                    transfer=mode,
-                    created=started.timestamp(),
-                    files=tuple(placed),
-                    images=tuple(images),
-                    project_name=target.project,
-                    dataset_name=target.dataset,
-                ),
-                on_commit=hooks.on_commit,
-            )
-        except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(final, ignore_errors=True)
-            self._prune_empty_parents(final.parent)
-            if isinstance(exc, OSError):
-                raise ImportFailed(f"{plan.root}: {exc.strerror or exc}") from None
-            raise
-        self._write_log(final, plan, fileset, mode, owner, group, target)
+        fileset = self.writer.write(plan, owner, group, mode, target, hooks)
         log.info(
             "imported %s as fileset %d (%s, %s) into %s",
             plan.root,
             fileset.id,
             owner.name,
             group.name,
-            prefix,
+            fileset.template_prefix,
         )
         if transfer.removes_source(mode):
             hooks.on_removed(self._remove_sources(plan, before))
         return fileset
 
-    def _place(self, mode: str, source: Path, dest: Path, on_bytes: ByteCounter) -> str:
-        try:
-            return transfer.place(mode, source, dest, on_bytes)
-        except OSError as exc:
-            raise ImportFailed(f"{source}: {exc.strerror or exc}") from None
+    def discard(self, prefix: str) -> str | None:
+        """Undo what an import interrupted by a crash placed under ``prefix``, unless the
+        catalog holds a fileset there (then it finished and must stay)."""
+        return self.writer.discard(prefix)
 
     def _refuse_repository_sources(self, plan: SourceFileset) -> None:
-        managed = os.path.realpath(self.managed) + os.sep
+        managed = os.path.realpath(self.config.managed_dir) + os.sep
         for f in plan.files:
             if os.path.realpath(f.path).startswith(managed):
                 raise UsageError(f"{f.path}: already inside the ManagedRepository; not importing")
-
-    @staticmethod
-    def _read_images(plan: SourceFileset) -> list[ImageInfo]:
-        """Images of the main file (must be readable) and of every other image-like file."""
-        images = list(read_images(plan.main.path))
-        for f in plan.files[1:]:
-            if not looks_like_image(f.path):
-                continue
-            try:
-                more = read_images(f.path)
-            except UnknownFormat:
-                continue  # a companion file, fine inside a multi-file fileset
-            images.extend(
-                ImageInfo(
-                    len(images) + i,
-                    m.name,
-                    m.size_x,
-                    m.size_y,
-                    m.size_z,
-                    m.size_c,
-                    m.size_t,
-                    m.pixel_type,
-                )
-                for i, m in enumerate(more)
-            )
-        return images
-
-    def _reserve_prefix(self, owner: Experimenter, group: Group, when: datetime) -> str:
-        """Create the (empty) fileset directory; its existence reserves the name."""
-        for attempt in range(20):
-            if attempt:
-                time.sleep(0.001)
-                when = datetime.now()
-            ctx = TemplateContext(
-                owner.name,
-                owner.id,
-                group.name,
-                group.id,
-                group.level.perms,
-                when,
-                session=uuid.uuid4().hex,
-                session_id=os.getpid(),
-            )
-            prefix = expand(self.config.template, ctx)
-            parts = prefix.rstrip("/").split("/")
-            if attempt >= 5:  # a template without a unique last part: add a counter
-                parts[-1] += "-%increment%"
-            parent = self.managed
-            for i, part in enumerate(parts):
-                if "%increment%" in part:
-                    parent.mkdir(parents=True, exist_ok=True)
-                    parts[i] = part = resolve_increment(part, set(os.listdir(parent)))
-                parent = parent / part
-            parent.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                parent.mkdir()
-            except FileExistsError:
-                continue
-            return "/".join(parts) + "/"
-        raise ImportFailed("could not reserve a unique fileset directory from the template")
-
-    def _prune_empty_parents(self, directory: Path) -> None:
-        while directory != self.managed and self.managed in directory.parents:
-            try:
-                directory.rmdir()
-            except OSError:
-                return
-            directory = directory.parent
-
-    def _write_log(
-        self,
-        final: Path,
-        plan: SourceFileset,
-        fileset: Fileset,
-        mode: str,
-        owner: Experimenter,
-        group: Group,
-        target: Target,
-    ) -> None:
-        lines = [
-            f"{datetime.now().isoformat(timespec='milliseconds')} omerofs import",
-            f"fileset: {fileset.id}",
-            f"user: {owner.name} (id {owner.id}); group: {group.name} (id {group.id})",
-            f"transfer: {mode}",
-            f"target: {target.project or '-'} / {target.dataset or '-'}",
-            f"images: {fileset.image_count}",
-        ]
-        lines += [
-            f"file: {e.client_path} -> {e.repo_path} sha1={e.hash} size={e.size}"
-            for e in fileset.entries
-        ]
-        log_path = final.parent / (final.name + ".log")
-        try:
-            log_path.write_text("\n".join(lines) + "\n")
-        except OSError as exc:  # the import itself is committed; a missing log is not fatal
-            log.warning("could not write import log %s: %s", log_path, exc)
 
     @staticmethod
     def _remove_sources(plan: SourceFileset, before: dict[Path, tuple[int, int]]) -> list[Path]:
@@ -363,9 +234,3 @@ class Importer:
 def _signature(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
-
-
-def _mimetype(path: Path) -> str:
-    if looks_like_image(path):
-        return "image/tiff"
-    return "application/octet-stream"

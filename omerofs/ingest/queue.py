@@ -154,6 +154,12 @@ class JobQueue:
                 (time.time(), job_id),
             )
 
+    def mark_imported(self, job: Job, fileset_id: int) -> None:
+        """Record an import the catalog finished but this queue never heard of (a crash
+        between a remote catalog's commit and ours)."""
+        with self._tx() as db:
+            self.commit_statements(job)(db, fileset_id)
+
     def supersede(self, job_id: int) -> None:
         with self._tx() as db:
             db.execute(

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +22,11 @@ from pathlib import Path
 import trio
 from sortedcontainers import SortedSet
 
-from omerofs.catalog.local import LocalCatalog
 from omerofs.config import RepoConfig
 from omerofs.errors import Busy, Frozen, OmerofsError, UsageError
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import plan_fileset
-from omerofs.ingest.importer import TMP_PREFIX, Importer, ImportHooks, Target
+from omerofs.ingest.importer import Importer, ImportHooks, Target
 from omerofs.ingest.paths import (
     FilesetKey,
     fileset_at,
@@ -55,7 +53,7 @@ class IngestService:
     def __init__(
         self,
         config: RepoConfig,
-        catalog: LocalCatalog,
+        importer: Importer,
         transfer_mode: str,
         settle: float,
         concurrency: int = 2,
@@ -63,9 +61,9 @@ class IngestService:
         transfer.base_mode(transfer_mode)
         self.config = config
         self.staging = config.staging_dir
-        self.catalog = catalog
+        self.catalog = importer.catalog
         self.queue = JobQueue(config.catalog_path)
-        self.importer = Importer(config, catalog)
+        self.importer = importer
         self.transfer = transfer_mode
         self.tracker = CloseTracker(settle)
         self._limiter = trio.CapacityLimiter(max(1, concurrency))
@@ -321,8 +319,22 @@ class IngestService:
         """Roll back imports a crash interrupted, finish removals a crash postponed, and
         learn which staged data is imported (read-only from now on)."""
         for job in self.queue.in_state("importing"):
-            if job.prefix:
-                self._discard_placement(job.prefix)
+            done = self.catalog.fileset_by_prefix(job.prefix) if job.prefix else None
+            if done is not None:  # the catalog committed it (a remote one, before we did)
+                self.queue.mark_imported(job, done.id)
+                log.warning(
+                    "ingest job %d (%s) was imported as fileset %d before a restart",
+                    job.id,
+                    job.key.root,
+                    done.id,
+                )
+                continue
+            problem = self.importer.discard(job.prefix) if job.prefix else None
+            if problem is not None:
+                self.queue.fail(job.id, problem)
+                self._write_report(job, problem)
+                log.error("ingest job %d (%s): %s", job.id, job.key.root, problem)
+                continue
             self.queue.requeue(job.id)
             log.warning(
                 "ingest job %d (%s) was interrupted; rolled back and queued again",
@@ -345,21 +357,6 @@ class IngestService:
             self._frozen_roots.add(job.key.root)
         if finished:
             self.queue.mark_removed(finished)
-
-    def _discard_placement(self, prefix: str) -> None:
-        """Remove what an uncommitted import placed: its reserved directory, its private
-        temporary directory and an import log, but only if the catalog has no such fileset."""
-        final = self.config.managed_dir / prefix
-        if self.catalog.fileset_by_prefix(prefix) is not None:
-            return
-        shutil.rmtree(final, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(final.parent / (final.name + ".log"))
-        if final.parent.is_dir():
-            for tmp in final.parent.glob(TMP_PREFIX + "*"):
-                pid = tmp.name[len(TMP_PREFIX) :].split("-", 1)[0]
-                if pid.isdigit() and not _alive(int(pid)):
-                    shutil.rmtree(tmp, ignore_errors=True)
 
     def unsettled(self) -> list[FilesetKey]:
         """Staged filesets that are neither imported nor queued (written while the daemon
@@ -401,13 +398,3 @@ def same_files(a: Manifest, b: Manifest) -> bool:
     cache the kernel rewrites them after the data, and every data change through the
     mount is seen by the tracker anyway."""
     return a.keys() == b.keys() and all(a[p][0] == b[p][0] for p in a)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,0 +1,40 @@
+"""The backend a repository's config names: its catalog and its import writer, opened
+together so every command and daemon treats the embedded default and an OMERO server
+alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omerofs.catalog.local import LocalCatalog
+from omerofs.catalog.protocol import Catalog
+from omerofs.config import RepoConfig
+from omerofs.ingest.importer import Importer
+
+
+@dataclass
+class Backend:
+    config: RepoConfig
+    catalog: Catalog
+    importer: Importer
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            close()
+
+
+def open_backend(config: RepoConfig) -> Backend:
+    if config.omero is None:
+        catalog = LocalCatalog(config.catalog_path)
+        return Backend(config, catalog, Importer(config, catalog), [catalog.close])
+    # omero-py is only needed (and only imported) when the repository uses a server
+    from omerofs.catalog.omero.catalog import OmeroCatalog
+    from omerofs.catalog.omero.writer import OmeroWriter
+    from omerofs.catalog.sqlite import Database
+
+    omero_catalog = OmeroCatalog(config.omero)
+    local_db = Database(config.catalog_path, "repository state")
+    importer = Importer(config, omero_catalog, OmeroWriter(omero_catalog, local_db))
+    return Backend(config, omero_catalog, importer, [local_db.close, omero_catalog.close])

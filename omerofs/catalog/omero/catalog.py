@@ -1,0 +1,435 @@
+"""The catalog read from an OMERO server through omero-py.
+
+Read with HQL projections across all groups (``omero.group = -1``) by a service account
+that may read everything (an admin, or a restricted admin with no privileges: OMERO's
+"data viewer"), in keyset-paged queries rather than one object per call. Only filesets
+whose import finished (they have images) are shown: OMERO creates the Fileset row
+before the bytes arrive. Changes come from the server's EventLog, translated into the
+events the view understands; the view polls ``changes`` and, when the server is away,
+keeps serving what it has (``CatalogUnavailable``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import omero
+from omero.rtypes import rlist, rlong, rstring
+
+from omerofs.catalog.omero import records
+from omerofs.catalog.omero.session import ALL_GROUPS, ServerConnection
+from omerofs.catalog.omero.settings import OmeroSettings
+from omerofs.catalog.protocol import (
+    Changes,
+    Event,
+    Experimenter,
+    Fileset,
+    Group,
+    Membership,
+    Snapshot,
+)
+from omerofs.errors import NotFound
+from omerofs.identity import IdMap
+
+log = logging.getLogger(__name__)
+ID_CHUNK = 1000  # ids per ``in (:ids)`` query
+PEOPLE_MAX_AGE = 5.0  # seconds the importer may use a cached list of people and groups
+
+# EventLog entity types that change the view, by their short name
+_PEOPLE = {"Experimenter", "ExperimenterGroup", "GroupExperimenterMap"}
+_CONTAINERS = {"Project", "Dataset", "ProjectDatasetLink"}
+_FILESET_SIGNS = {"Fileset", "Image", "DatasetImageLink"}
+
+
+class OmeroCatalog:
+    def __init__(
+        self,
+        settings: OmeroSettings,
+        connection: ServerConnection | None = None,
+        idmap: IdMap | None = None,
+    ) -> None:
+        self.settings = settings
+        self.server = connection or ServerConnection(settings)
+        self.idmap = idmap or IdMap.load(settings.idmap)
+        self._lock = threading.Lock()
+        self._people: Snapshot | None = None
+        self._people_at = 0.0
+
+    def close(self) -> None:
+        self.server.close()
+
+    # -- queries ----------------------------------------------------------------------
+
+    def _project(self, hql: str, params: Any = None) -> list[list[Any]]:
+        params = params or omero.sys.ParametersI()
+        return self.server.call(
+            lambda sf: records.rows(sf.getQueryService().projection(hql, params, ALL_GROUPS))
+        )
+
+    def _paged(self, hql: str, params: Any = None) -> Iterator[list[Any]]:
+        """Rows of ``hql``, which selects an id first, filters ``x.id > :after`` and orders
+        by that id: keyset paging, so a page costs the same deep into a big table."""
+        params = params or omero.sys.ParametersI()
+        after = -1
+        while True:
+            params.addLong("after", after)
+            params.page(0, self.settings.page_size)
+            page = self._project(hql, params)
+            yield from page
+            if len(page) < self.settings.page_size:
+                return
+            after = page[-1][0]
+
+    def _by_ids(self, hql: str, ids: list[int], params: Any = None) -> list[list[Any]]:
+        """``hql`` with ``:ids`` bound to chunks of ``ids``."""
+        found: list[list[Any]] = []
+        for start in range(0, len(ids), ID_CHUNK):
+            p = params or omero.sys.ParametersI()
+            p.addIds(ids[start : start + ID_CHUNK])
+            found += self._project(hql, p)
+        return found
+
+    # -- people, groups, containers ---------------------------------------------------
+
+    def last_event_id(self) -> int:
+        (row,) = self._project("select max(el.id) from EventLog el")
+        return int(row[0] or 0)
+
+    def snapshot_people(self) -> Snapshot:
+        """Users, groups, memberships and containers (no filesets), at an event id read
+        first: whatever happens after it is delivered again by ``changes``."""
+        event_id = self.last_event_id()
+        (max_row,) = self._project("select max(fs.id) from Fileset fs")
+        snap = Snapshot(event_id=event_id, max_fileset_id=int(max_row[0] or 0))
+        group_objects = self.server.call(
+            lambda sf: sf.getQueryService().findAllByQuery(
+                "select g from ExperimenterGroup g", None, ALL_GROUPS
+            )
+        )
+        snap.groups = records.groups_of(group_objects, self.idmap)
+        memberships = records.memberships_of(
+            [
+                row[1:]
+                for row in self._paged(
+                    "select m.id, m.parent.id, m.child.id, m.owner from GroupExperimenterMap m "
+                    "where m.id > :after order by m.id"
+                )
+            ],
+            snap.groups,
+        )
+        defaults = {
+            e: g
+            for e, g in self._project(
+                "select e.id, m.parent.id from Experimenter e join e.groupExperimenterMap m "
+                "where index(m) = 0"
+            )
+        }
+        snap.experimenters = records.experimenters_of(
+            list(
+                self._paged(
+                    "select e.id, e.omeName from Experimenter e where e.id > :after order by e.id"
+                )
+            ),
+            memberships,
+            snap.groups,
+            defaults,
+            self.idmap,
+        )
+        snap.memberships = [m for m in memberships if m.experimenter_id in snap.experimenters]
+        for kind, into in (("Project", snap.projects), ("Dataset", snap.datasets)):
+            found = records.containers_of(
+                list(
+                    self._paged(
+                        f"select x.id, x.name, x.details.owner.id, x.details.group.id "
+                        f"from {kind} x where x.id > :after order by x.id"
+                    )
+                )
+            )
+            into.update(
+                (i, c)
+                for i, c in found.items()
+                if c.owner_id in snap.experimenters and c.group_id in snap.groups
+            )
+        snap.project_dataset = [
+            (p, d)
+            for _, p, d in self._paged(
+                "select l.id, l.parent.id, l.child.id from ProjectDatasetLink l "
+                "where l.id > :after order by l.id"
+            )
+            if p in snap.projects and d in snap.datasets
+        ]
+        with self._lock:
+            self._people, self._people_at = snap, time.monotonic()
+        return snap
+
+    def _current_people(self) -> Snapshot:
+        with self._lock:
+            people, at = self._people, self._people_at
+        if people is None or time.monotonic() - at > PEOPLE_MAX_AGE:
+            people = self.snapshot_people()
+        return people
+
+    def experimenter_by_name(self, name: str) -> Experimenter:
+        for exp in self._current_people().experimenters.values():
+            if exp.name == name:
+                return exp
+        raise NotFound(f"no OMERO user {name!r} with a local account")
+
+    def experimenter_by_uid(self, uid: int) -> Experimenter | None:
+        for exp in self._current_people().experimenters.values():
+            if exp.uid == uid:
+                return exp
+        return None
+
+    def group_by_name(self, name: str) -> Group:
+        for group in self._current_people().groups.values():
+            if group.name == name:
+                return group
+        raise NotFound(f"no OMERO group {name!r} with a local group")
+
+    def group_by_id(self, group_id: int) -> Group:
+        group = self._current_people().groups.get(group_id)
+        if group is None:
+            raise NotFound(f"no OMERO group {group_id} with a local group")
+        return group
+
+    def memberships_of(self, experimenter_id: int) -> list[Membership]:
+        people = self._current_people()
+        return [m for m in people.memberships if m.experimenter_id == experimenter_id]
+
+    def is_member(self, user: str, group: str) -> bool:
+        people = self._current_people()
+        exp = next((e for e in people.experimenters.values() if e.name == user), None)
+        grp = next((g for g in people.groups.values() if g.name == group), None)
+        return (
+            exp is not None
+            and grp is not None
+            and any(m.group_id == grp.id for m in people.memberships if m.experimenter_id == exp.id)
+        )
+
+    # -- filesets ---------------------------------------------------------------------
+
+    _FILESETS = (
+        "select fs.id, fs.details.owner.id, fs.details.group.id, fs.templatePrefix, "
+        "fs.details.creationEvent.time from Fileset fs "
+        "where fs.id > :after and fs.id <= :max "
+        "and exists (select i.id from Image i where i.fileset.id = fs.id) "
+    )
+
+    def filesets_for(
+        self, experimenter_id: int, groups: set[int] | None, max_id: int
+    ) -> list[Fileset]:
+        """Finished filesets up to ``max_id`` owned by the experimenter or in ``groups``
+        (None: all)."""
+        params = omero.sys.ParametersI()
+        params.addLong("max", max_id)
+        hql = self._FILESETS
+        if groups is not None:
+            params.addLong("uid", experimenter_id)
+            params.add("gids", rlist([rlong(g) for g in sorted(groups) or [-1]]))
+            hql += "and (fs.details.owner.id = :uid or fs.details.group.id in (:gids)) "
+        heads = list(self._paged(hql + "order by fs.id", params))
+        return self._complete(heads)
+
+    def fileset_by_prefix(self, prefix: str) -> Fileset | None:
+        params = omero.sys.ParametersI()
+        params.add("prefix", rstring(prefix))
+        params.addLong("max", 2**62)
+        params.addLong("after", -1)
+        heads = self._project(self._FILESETS + "and fs.templatePrefix = :prefix", params)
+        found = self._complete(heads)
+        return found[0] if found else None
+
+    def any_fileset_at(self, prefix: str) -> int | None:
+        """A fileset at ``prefix``, finished or not (an import may still be running)."""
+        params = omero.sys.ParametersI()
+        params.add("prefix", rstring(prefix))
+        rows = self._project(
+            "select fs.id from Fileset fs where fs.templatePrefix = :prefix", params
+        )
+        return int(rows[0][0]) if rows else None
+
+    def _complete(self, heads: list[list[Any]]) -> list[Fileset]:
+        """Fileset rows ``[id, owner, group, prefix, created ms]`` with their entries,
+        images, datasets and transfer mode, fetched by id in chunks."""
+        people = self._current_people()
+        heads = [h for h in heads if h[1] in people.experimenters and h[2] in people.groups]
+        ids = [h[0] for h in heads]
+        if not ids:
+            return []
+        entries = records.entries_of(
+            [
+                [fs_id, fe_id, *rest]
+                for fs_id, fe_id, *rest in self._by_ids(
+                    "select fs.id, fe.id, fe.clientPath, f.path, f.name, f.size, f.hash, "
+                    "h.value, f.mimetype from Fileset fs join fs.usedFiles fe "
+                    "join fe.originalFile f left outer join f.hasher h where fs.id in (:ids)",
+                    ids,
+                )
+            ]
+        )
+        images: dict[int, int] = defaultdict(int)
+        for fs_id, count in self._by_ids(
+            "select i.fileset.id, count(i.id) from Image i where i.fileset.id in (:ids) "
+            "group by i.fileset.id",
+            ids,
+        ):
+            images[fs_id] = int(count)
+        datasets: dict[int, set[int]] = defaultdict(set)
+        for fs_id, dataset_id in self._by_ids(
+            "select distinct i.fileset.id, l.parent.id from DatasetImageLink l join l.child i "
+            "where i.fileset.id in (:ids)",
+            ids,
+        ):
+            datasets[fs_id].add(dataset_id)
+        transfers = self._transfers(ids)
+        return [
+            Fileset(
+                id=fs_id,
+                owner_id=owner,
+                group_id=group,
+                template_prefix=prefix if prefix.endswith("/") else prefix + "/",
+                transfer=transfers.get(fs_id, "upload"),
+                created=(created or 0) / 1000.0,
+                entries=tuple(
+                    dataclasses.replace(e, index=i) for i, e in enumerate(entries.get(fs_id, []))
+                ),
+                dataset_ids=tuple(sorted(datasets[fs_id])),
+                image_count=images[fs_id],
+            )
+            for fs_id, owner, group, prefix, created in heads
+        ]
+
+    def _transfers(self, ids: list[int]) -> dict[int, str]:
+        """Transfer modes from the fileTransfer CommentAnnotations OMERO's importer adds."""
+        params = omero.sys.ParametersI()
+        params.add("ns", rstring(records.FILE_TRANSFER_NS))
+        links = self._by_ids(
+            "select l.parent.id, l.child.id from FilesetAnnotationLink l "
+            "where l.child.ns = :ns and l.parent.id in (:ids)",
+            ids,
+            params,
+        )
+        if not links:
+            return {}
+        texts: dict[int, str] = {}
+        annotation_ids = sorted({a for _, a in links})
+        for start in range(0, len(annotation_ids), ID_CHUNK):
+            p = omero.sys.ParametersI()
+            p.addIds(annotation_ids[start : start + ID_CHUNK])
+            for ann in self.server.call(
+                lambda sf, p=p: sf.getQueryService().findAllByQuery(
+                    "select a from CommentAnnotation a where a.id in (:ids)", p, ALL_GROUPS
+                )
+            ):
+                texts[ann.getId().getValue()] = ann.getTextValue().getValue()
+        return {fs_id: records.transfer_of(texts.get(a)) for fs_id, a in links}
+
+    # -- following the event log --------------------------------------------------------
+
+    def changes(self, since: int) -> Changes | None:
+        """What happened after event ``since``, in the view's terms: new finished filesets
+        (``Fileset INSERT``), filesets whose datasets or existence changed (``Fileset
+        UPDATE``/``DELETE``), and people/group/container events."""
+        params = omero.sys.ParametersI()
+        params.addLong("since", since)
+        raw = [
+            records.event_of(row)
+            for row in self._paged(
+                "select el.id, el.entityType, el.entityId, el.action from EventLog el "
+                "where el.id > :after and el.id > :since order by el.id",
+                params,
+            )
+        ]
+        if not raw:
+            return None
+        last = raw[-1].id
+        kinds = {e.entity for e in raw}
+        people = (
+            self.snapshot_people() if kinds & (_PEOPLE | _CONTAINERS) else self._current_people()
+        )
+        events = self._translate(raw)
+        snap = dataclasses.replace(
+            people,
+            event_id=max(last, people.event_id),
+            filesets={},
+            max_fileset_id=max(
+                [people.max_fileset_id] + [e.entity_id for e in events if e.entity == "Fileset"]
+            ),
+        )
+        new_ids = sorted(
+            {e.entity_id for e in events if (e.entity, e.action) == ("Fileset", "INSERT")}
+        )
+        if new_ids:
+            heads = self._by_ids(
+                "select fs.id, fs.details.owner.id, fs.details.group.id, fs.templatePrefix, "
+                "fs.details.creationEvent.time from Fileset fs where fs.id in (:ids) "
+                "and exists (select i.id from Image i where i.fileset.id = fs.id)",
+                new_ids,
+            )
+            snap.filesets = {fs.id: fs for fs in self._complete(heads)}
+        return Changes(events, snap)
+
+    def _translate(self, raw: list[Event]) -> list[Event]:
+        """OMERO events -> view events. A fileset is new when its images appear (its row
+        exists from the start of the upload); links of images to datasets move it."""
+        events: list[Event] = []
+
+        def lookup(hql: str, entity: str, action: str | None = None) -> dict[int, Any]:
+            ids = [e.entity_id for e in raw if e.entity == entity and action in (None, e.action)]
+            return dict(self._by_ids(hql, ids)) if ids else {}
+
+        fileset_of_image = lookup(
+            "select i.id, i.fileset.id from Image i where i.id in (:ids)", "Image", "INSERT"
+        )
+        fileset_of_link = lookup(
+            "select l.id, l.child.fileset.id from DatasetImageLink l where l.id in (:ids)",
+            "DatasetImageLink",
+        )
+        map_owner = lookup(
+            "select m.id, m.child.id from GroupExperimenterMap m where m.id in (:ids)",
+            "GroupExperimenterMap",
+        )
+        link_dataset = lookup(
+            "select l.id, l.child.id from ProjectDatasetLink l where l.id in (:ids)",
+            "ProjectDatasetLink",
+            "INSERT",
+        )
+        new_filesets = {f for f in fileset_of_image.values() if f is not None}
+        new_datasets = {e.entity_id for e in raw if (e.entity, e.action) == ("Dataset", "INSERT")}
+        seen: set[tuple[str, int, str]] = set()
+        for e in raw:
+            out: Event | None = None
+            if e.entity == "Image" and e.action == "INSERT":
+                fs_id = fileset_of_image.get(e.entity_id)
+                if fs_id is not None:
+                    out = Event(e.id, "Fileset", fs_id, "INSERT")
+            elif e.entity == "DatasetImageLink":
+                fs_id = fileset_of_link.get(e.entity_id)
+                if fs_id is None:  # deleted since: someone's tree changed, rebuild
+                    out = Event(e.id, "Fileset", -1, "UPDATE")
+                elif fs_id not in new_filesets:
+                    out = Event(e.id, "Fileset", fs_id, "UPDATE")
+            elif e.entity == "Fileset" and e.action != "INSERT":
+                out = Event(e.id, "Fileset", e.entity_id, e.action)
+            elif e.entity == "GroupExperimenterMap" and e.action != "DELETE":
+                owner = map_owner.get(e.entity_id)  # the view wants the member's id
+                if owner is None:  # gone again: treat as a removal (everyone rebuilds)
+                    out = Event(e.id, e.entity, -1, "DELETE")
+                else:
+                    out = Event(e.id, e.entity, owner, e.action)
+            elif e.entity == "ProjectDatasetLink" and e.action == "INSERT":
+                if link_dataset.get(e.entity_id) not in new_datasets:
+                    out = Event(e.id, e.entity, e.entity_id, e.action)
+            elif e.entity in _PEOPLE | _CONTAINERS:
+                out = Event(e.id, e.entity, e.entity_id, e.action)
+            if out is not None and (out.entity, out.entity_id, out.action) not in seen:
+                seen.add((out.entity, out.entity_id, out.action))
+                events.append(out)
+        return events

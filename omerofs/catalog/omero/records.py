@@ -1,0 +1,149 @@
+"""OMERO query results -> omerofs catalog records.
+
+Pure functions over what omero-py returns (projection rows of rtypes, model objects),
+so the translation is tested with real omero-py objects and no server. The records are
+the same the embedded backend produces; ``identity`` applies one set of visibility
+rules to both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from omero.rtypes import unwrap
+
+from omerofs.catalog.protocol import (
+    Container,
+    Event,
+    Experimenter,
+    FilesetEntry,
+    Group,
+    Membership,
+)
+from omerofs.identity import IdMap, PermissionLevel
+
+SYSTEM_GROUP = "system"  # OMERO's administrators' group; its members are admins
+HIDDEN_GROUPS = frozenset({"user", "guest"})  # every active user / the guest: never data
+HIDDEN_USERS = frozenset({"guest"})
+FILE_TRANSFER_NS = "openmicroscopy.org/omero/import/fileTransfer"
+
+# what OMERO's Java importer records for each transfer mode (the annotation's text)
+TRANSFER_CLASSES = {
+    "ln": "ome.formats.importer.transfers.HardlinkFileTransfer",
+    "ln_s": "ome.formats.importer.transfers.SymlinkFileTransfer",
+    "ln_rm": "ome.formats.importer.transfers.MoveFileTransfer",
+    "cp": "ome.formats.importer.transfers.CopyFileTransfer",
+    "cp_rm": "ome.formats.importer.transfers.CopyMoveFileTransfer",
+    "upload_rm": "ome.formats.importer.transfers.UploadRmFileTransfer",
+}
+_MODE_OF_CLASS = {cls: mode for mode, cls in TRANSFER_CLASSES.items()}
+
+
+def rows(result: Iterable[Iterable[Any]]) -> list[list[Any]]:
+    """A projection result (lists of rtypes, None for SQL NULL) as plain Python values."""
+    return [[unwrap(v) for v in row] for row in result]
+
+
+def level_of(permissions: Any) -> PermissionLevel:
+    """A group's level from its ``omero.model.PermissionsI`` (or a ``rwra--`` string)."""
+    if isinstance(permissions, str):
+        return PermissionLevel.from_perms(permissions)
+    if permissions.isGroupWrite():
+        return PermissionLevel.READ_WRITE
+    if permissions.isGroupAnnotate():
+        return PermissionLevel.READ_ANNOTATE
+    if permissions.isGroupRead():
+        return PermissionLevel.READ_ONLY
+    return PermissionLevel.PRIVATE
+
+
+def groups_of(objects: Iterable[Any], idmap: IdMap) -> dict[int, Group]:
+    """``ExperimenterGroup`` objects -> groups with a local gid (others are hidden)."""
+    found = {}
+    for g in objects:
+        name = unwrap(g.getName())
+        if name in HIDDEN_GROUPS:
+            continue
+        gid = 0 if name == SYSTEM_GROUP and idmap.gid(name) is None else idmap.gid(name)
+        if gid is None:
+            continue
+        group_id = unwrap(g.getId())
+        found[group_id] = Group(group_id, name, level_of(g.getDetails().getPermissions()), gid)
+    return found
+
+
+def memberships_of(result: list[list[Any]], groups: dict[int, Group]) -> list[Membership]:
+    """Rows ``[group id, experimenter id, owner]`` of visible groups."""
+    return [Membership(g, e, bool(owner)) for g, e, owner in result if g in groups]
+
+
+def experimenters_of(
+    result: list[list[Any]],
+    memberships: list[Membership],
+    groups: dict[int, Group],
+    default_groups: dict[int, int],
+    idmap: IdMap,
+) -> dict[int, Experimenter]:
+    """Rows ``[id, omeName]`` -> experimenters with a local uid. Admins are the members of
+    ``system``; the default group is OMERO's, else the first visible non-system group."""
+    system = {g.id for g in groups.values() if g.name == SYSTEM_GROUP}
+    member_of: dict[int, list[int]] = defaultdict(list)
+    for m in memberships:
+        member_of[m.experimenter_id].append(m.group_id)
+    found = {}
+    for exp_id, name in result:
+        if name in HIDDEN_USERS:
+            continue
+        uid = 0 if name == "root" and idmap.uid(name) is None else idmap.uid(name)
+        if uid is None:
+            continue
+        default = default_groups.get(exp_id)
+        if default not in groups:
+            others = [g for g in member_of[exp_id] if g not in system]
+            default = min(others) if others else (min(member_of[exp_id], default=None))
+        admin = any(g in system for g in member_of[exp_id])
+        found[exp_id] = Experimenter(exp_id, name, uid, admin, default)
+    return found
+
+
+def containers_of(result: list[list[Any]]) -> dict[int, Container]:
+    """Rows ``[id, name, owner id, group id]`` of Projects or Datasets."""
+    return {row[0]: Container(row[0], row[1] or "", row[2], row[3]) for row in result}
+
+
+def entries_of(result: list[list[Any]]) -> dict[int, list[FilesetEntry]]:
+    """Rows ``[fileset id, index, clientPath, path, name, size, hash, hasher, mimetype]``
+    -> each fileset's entries in fileset order (the main file first)."""
+    entries: dict[int, list[FilesetEntry]] = defaultdict(list)
+    for fs_id, index, client_path, path, name, size, sha, hasher, mimetype in sorted(
+        result, key=lambda r: (r[0], r[1])
+    ):
+        path = path or ""
+        entries[fs_id].append(
+            FilesetEntry(
+                index=index,
+                client_path=client_path or "",
+                path=path if path.endswith("/") else path + "/",
+                name=name,
+                size=size or 0,
+                hash=sha or "",
+                hasher=hasher or "",
+                mimetype=mimetype or "application/octet-stream",
+            )
+        )
+    return entries
+
+
+def transfer_of(text: str | None) -> str:
+    """The transfer mode recorded by a fileTransfer annotation (none: uploaded)."""
+    if not text:
+        return "upload"
+    return _MODE_OF_CLASS.get(text, text if text in TRANSFER_CLASSES else "upload")
+
+
+def event_of(row: list[Any]) -> Event:
+    """Row ``[id, entityType, entityId, action]``; ``ome.model.fs.Fileset`` -> ``Fileset``."""
+    event_id, entity_type, entity_id, action = row
+    return Event(event_id, str(entity_type).rsplit(".", 1)[-1], entity_id, str(action))

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install omero-py (the `omero` extra) into the venv, idempotently.
+#
+# omero-py 5.23 needs zeroc-ice 3.6.5, which PyPI has only as a source distribution that
+# does not compile on Python >= 3.11 as shipped (see ../shared/zeroc-ice.md). This script
+# builds the wheel once, with the two documented one-line fixes, into a cache outside the
+# repository (~/.cache/omerofs/wheels, override with OMEROFS_WHEEL_CACHE) and installs
+# from there; later runs only check that `import omero.clients` works.
+# Usage: tools/install-omero.sh VENV_DIR
+set -euo pipefail
+venv=${1:-.venv}
+py="$venv/bin/python"
+ice_version=3.6.5
+omero_version=5.23.0
+cache=${OMEROFS_WHEEL_CACHE:-$HOME/.cache/omerofs/wheels}
+
+if "$py" -c "import omero.clients, omero.gateway, Ice" 2>/dev/null \
+   && "$py" -m pip show -q omero-py 2>/dev/null | grep -q "^Version: $omero_version"; then
+  exit 0
+fi
+
+packages=(libssl-dev libbz2-dev g++)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "omerofs: installing ${missing[*]} (to build zeroc-ice)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+mkdir -p "$cache"
+wheel=$(ls "$cache"/zeroc_ice-$ice_version-$tag-*.whl 2>/dev/null | head -1 || true)
+if [ -z "$wheel" ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  echo "omerofs: building zeroc-ice $ice_version for $tag (about 6 minutes, once; log: $work/build.log)"
+  "$py" -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
+    "zeroc-ice==$ice_version" -d "$work" 2>/dev/null
+  tar -xzf "$work/zeroc-ice-$ice_version.tar.gz" -C "$work"
+  src="$work/zeroc-ice-$ice_version"
+  # Fix 1: <eval.h> is gone in Python 3.11; Python.h declares what it held.
+  sed -i 's|^#include <eval.h>|// eval.h: removed in Python 3.11|' "$src/src/Slice.cpp"
+  # Fix 2: PyThreadState.frame is gone; PyThreadState_GetFrame returns a new reference,
+  # held by a PyObjectHandle so it is released when the function returns.
+  sed -i 's|PyFrameObject \*f = PyThreadState_GET()->frame;|PyObjectHandle frame(reinterpret_cast<PyObject*>(PyThreadState_GetFrame(PyThreadState_GET())));\n    PyObject* f = frame.get();|' \
+    "$src/src/Util.cpp"
+  grep -q "PyThreadState_GetFrame" "$src/src/Util.cpp" || { echo "omerofs: zeroc-ice patch did not apply" >&2; exit 1; }
+  builder="$work/venv"
+  "$py" -m venv "$builder"
+  "$builder/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel
+  if ! (cd "$src" && "$builder/bin/python" setup.py -q build_ext --parallel "$(nproc)" \
+          bdist_wheel -d "$work/dist") >"$work/build.log" 2>&1; then
+    tail -30 "$work/build.log" >&2
+    echo "omerofs: building zeroc-ice failed (full log above, last 30 lines)" >&2
+    exit 1
+  fi
+  built=$(ls "$work"/dist/zeroc_ice-*.whl)
+  # Write under a temporary name first: an interrupted copy must not look like a wheel.
+  cp "$built" "$cache/.partial.whl"
+  mv "$cache/.partial.whl" "$cache/$(basename "$built")"
+  wheel="$cache/$(basename "$built")"
+fi
+"$py" -m pip install -q --disable-pip-version-check "$wheel"
+"$py" -m pip install -q --disable-pip-version-check "omero-py==$omero_version"
+"$py" -c "import omero.clients, omero.gateway" \
+  || { echo "omerofs: omero-py installed but does not import" >&2; exit 1; }
+echo "omerofs: omero-py $omero_version ready (zeroc-ice from $wheel)"
