@@ -55,7 +55,9 @@ def _setup_logging(config: RepoConfig | None, verbose: bool) -> None:
     if config is not None:
         config.log_dir.mkdir(exist_ok=True)
         handlers.append(logging.FileHandler(config.log_dir / "omerofs.log"))
+    logging.getLogger("omerofs").propagate = True
     logging.basicConfig(
+        force=True,
         level=logging.INFO,
         handlers=handlers,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
@@ -552,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # until a command sets up logging, warnings stay out of its one-line error output
+    # (omero-py configures the root logger when it is imported)
+    logging.getLogger("omerofs").addHandler(logging.NullHandler())
+    logging.getLogger("omerofs").propagate = False
     try:
         return int(args.func(args))
     except OmerofsError as exc:

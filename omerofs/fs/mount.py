@@ -23,7 +23,7 @@ import trio
 from omerofs.backend import open_backend
 from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
 from omerofs.config import RepoConfig
-from omerofs.errors import MountError, UsageError
+from omerofs.errors import CatalogUnavailable, MountError, UsageError
 from omerofs.fs.operations import ViewOperations
 from omerofs.fs.view import FilesetLoader, Invalidation, RepositoryView
 from omerofs.identity import Viewer, fully_visible_groups
@@ -254,12 +254,17 @@ async def _watch_signals() -> None:
 async def follow_catalog(
     view: RepositoryView, catalog: Catalog, interval: float, lock: trio.Lock
 ) -> None:
-    """Poll the catalog's event log (one indexed query) and apply what changed."""
+    """Poll the catalog's event log (one indexed query) and apply what changed. While
+    the catalog is unavailable (a server restarting) the last known tree is served."""
+    down: str | None = None
     while True:
         await trio.sleep(interval)
         async with lock:
             try:
                 changes = await trio.to_thread.run_sync(catalog.changes, view.event_id)
+                if down is not None:
+                    log.info("catalog available again")
+                    down = None
                 if changes is None:
                     continue
                 refetched = {}
@@ -267,6 +272,11 @@ async def follow_catalog(
                     refetched[exp_id] = await trio.to_thread.run_sync(
                         view.loader, viewer, changes.snapshot
                     )
+            except CatalogUnavailable as exc:  # said once per outage, not at every poll
+                if down is None:
+                    log.warning("%s; serving the last known tree until it is back", exc)
+                down = str(exc)
+                continue
             except Exception:  # a locked or briefly unreadable catalog: keep serving, retry
                 log.exception("reading catalog changes failed; serving the last known tree")
                 continue

@@ -34,17 +34,16 @@ from omerofs.catalog.protocol import (
     Membership,
     Snapshot,
 )
-from omerofs.errors import NotFound
+from omerofs.errors import CatalogUnavailable, NotFound, OmerofsError
 from omerofs.identity import IdMap
 
 log = logging.getLogger(__name__)
 ID_CHUNK = 1000  # ids per ``in (:ids)`` query
 PEOPLE_MAX_AGE = 5.0  # seconds the importer may use a cached list of people and groups
 
-# EventLog entity types that change the view, by their short name
+# EventLog entity types after which people, groups or containers must be read again
 _PEOPLE = {"Experimenter", "ExperimenterGroup", "GroupExperimenterMap"}
 _CONTAINERS = {"Project", "Dataset", "ProjectDatasetLink"}
-_FILESET_SIGNS = {"Fileset", "Image", "DatasetImageLink"}
 
 
 class OmeroCatalog:
@@ -60,6 +59,7 @@ class OmeroCatalog:
         self._lock = threading.Lock()
         self._people: Snapshot | None = None
         self._people_at = 0.0
+        self._reconciled = time.monotonic()
 
     def close(self) -> None:
         self.server.close()
@@ -123,13 +123,6 @@ class OmeroCatalog:
             ],
             snap.groups,
         )
-        defaults = {
-            e: g
-            for e, g in self._project(
-                "select e.id, m.parent.id from Experimenter e join e.groupExperimenterMap m "
-                "where index(m) = 0"
-            )
-        }
         snap.experimenters = records.experimenters_of(
             list(
                 self._paged(
@@ -138,7 +131,7 @@ class OmeroCatalog:
             ),
             memberships,
             snap.groups,
-            defaults,
+            self._default_groups(),
             self.idmap,
         )
         snap.memberships = [m for m in memberships if m.experimenter_id in snap.experimenters]
@@ -167,6 +160,21 @@ class OmeroCatalog:
         with self._lock:
             self._people, self._people_at = snap, time.monotonic()
         return snap
+
+    def _default_groups(self) -> dict[int, int]:
+        """Each user's default group: the first of their group list (``index(m) = 0``).
+        Optional: without it, the first group a user is a member of is used."""
+        try:
+            rows = self._project(
+                "select e.id, m.parent.id from Experimenter e join e.groupExperimenterMap m "
+                "where index(m) = 0"
+            )
+        except CatalogUnavailable:
+            raise
+        except OmerofsError as exc:
+            log.warning("cannot read default groups (%s); using each user's first group", exc)
+            return {}
+        return {e: g for e, g in rows}
 
     def _current_people(self) -> Snapshot:
         with self._lock:
@@ -347,14 +355,20 @@ class OmeroCatalog:
                 params,
             )
         ]
-        if not raw:
+        reconcile = time.monotonic() - self._reconciled >= self.settings.reconcile_interval
+        if not raw and not reconcile:
             return None
-        last = raw[-1].id
+        last = raw[-1].id if raw else since
         kinds = {e.entity for e in raw}
         people = (
-            self.snapshot_people() if kinds & (_PEOPLE | _CONTAINERS) else self._current_people()
+            self.snapshot_people()
+            if reconcile or kinds & (_PEOPLE | _CONTAINERS)
+            else self._current_people()
         )
         events = self._translate(raw)
+        if reconcile:  # a full re-read now and then: every built tree is fetched again
+            self._reconciled = time.monotonic()
+            events.append(Event(last, "Reconcile", 0, "UPDATE"))
         snap = dataclasses.replace(
             people,
             event_id=max(last, people.event_id),
@@ -377,59 +391,28 @@ class OmeroCatalog:
         return Changes(events, snap)
 
     def _translate(self, raw: list[Event]) -> list[Event]:
-        """OMERO events -> view events. A fileset is new when its images appear (its row
-        exists from the start of the upload); links of images to datasets move it."""
-        events: list[Event] = []
+        """Look up what OMERO's events refer to, then translate them (``records``)."""
 
         def lookup(hql: str, entity: str, action: str | None = None) -> dict[int, Any]:
             ids = [e.entity_id for e in raw if e.entity == entity and action in (None, e.action)]
             return dict(self._by_ids(hql, ids)) if ids else {}
 
-        fileset_of_image = lookup(
-            "select i.id, i.fileset.id from Image i where i.id in (:ids)", "Image", "INSERT"
+        refs = records.EventRefs(
+            fileset_of_image=lookup(
+                "select i.id, i.fileset.id from Image i where i.id in (:ids)", "Image", "INSERT"
+            ),
+            fileset_of_link=lookup(
+                "select l.id, l.child.fileset.id from DatasetImageLink l where l.id in (:ids)",
+                "DatasetImageLink",
+            ),
+            member_of_map=lookup(
+                "select m.id, m.child.id from GroupExperimenterMap m where m.id in (:ids)",
+                "GroupExperimenterMap",
+            ),
+            dataset_of_link=lookup(
+                "select l.id, l.child.id from ProjectDatasetLink l where l.id in (:ids)",
+                "ProjectDatasetLink",
+                "INSERT",
+            ),
         )
-        fileset_of_link = lookup(
-            "select l.id, l.child.fileset.id from DatasetImageLink l where l.id in (:ids)",
-            "DatasetImageLink",
-        )
-        map_owner = lookup(
-            "select m.id, m.child.id from GroupExperimenterMap m where m.id in (:ids)",
-            "GroupExperimenterMap",
-        )
-        link_dataset = lookup(
-            "select l.id, l.child.id from ProjectDatasetLink l where l.id in (:ids)",
-            "ProjectDatasetLink",
-            "INSERT",
-        )
-        new_filesets = {f for f in fileset_of_image.values() if f is not None}
-        new_datasets = {e.entity_id for e in raw if (e.entity, e.action) == ("Dataset", "INSERT")}
-        seen: set[tuple[str, int, str]] = set()
-        for e in raw:
-            out: Event | None = None
-            if e.entity == "Image" and e.action == "INSERT":
-                fs_id = fileset_of_image.get(e.entity_id)
-                if fs_id is not None:
-                    out = Event(e.id, "Fileset", fs_id, "INSERT")
-            elif e.entity == "DatasetImageLink":
-                fs_id = fileset_of_link.get(e.entity_id)
-                if fs_id is None:  # deleted since: someone's tree changed, rebuild
-                    out = Event(e.id, "Fileset", -1, "UPDATE")
-                elif fs_id not in new_filesets:
-                    out = Event(e.id, "Fileset", fs_id, "UPDATE")
-            elif e.entity == "Fileset" and e.action != "INSERT":
-                out = Event(e.id, "Fileset", e.entity_id, e.action)
-            elif e.entity == "GroupExperimenterMap" and e.action != "DELETE":
-                owner = map_owner.get(e.entity_id)  # the view wants the member's id
-                if owner is None:  # gone again: treat as a removal (everyone rebuilds)
-                    out = Event(e.id, e.entity, -1, "DELETE")
-                else:
-                    out = Event(e.id, e.entity, owner, e.action)
-            elif e.entity == "ProjectDatasetLink" and e.action == "INSERT":
-                if link_dataset.get(e.entity_id) not in new_datasets:
-                    out = Event(e.id, e.entity, e.entity_id, e.action)
-            elif e.entity in _PEOPLE | _CONTAINERS:
-                out = Event(e.id, e.entity, e.entity_id, e.action)
-            if out is not None and (out.entity, out.entity_id, out.action) not in seen:
-                seen.add((out.entity, out.entity_id, out.action))
-                events.append(out)
-        return events
+        return records.view_events(raw, refs)

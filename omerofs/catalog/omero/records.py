@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from omero.rtypes import unwrap
@@ -147,3 +148,61 @@ def event_of(row: list[Any]) -> Event:
     """Row ``[id, entityType, entityId, action]``; ``ome.model.fs.Fileset`` -> ``Fileset``."""
     event_id, entity_type, entity_id, action = row
     return Event(event_id, str(entity_type).rsplit(".", 1)[-1], entity_id, str(action))
+
+
+@dataclass
+class EventRefs:
+    """What the server says the entities of a batch of events refer to (by entity id)."""
+
+    fileset_of_image: dict[int, int | None] = field(default_factory=dict)
+    fileset_of_link: dict[int, int | None] = field(default_factory=dict)  # DatasetImageLink
+    member_of_map: dict[int, int] = field(default_factory=dict)  # GroupExperimenterMap
+    dataset_of_link: dict[int, int] = field(default_factory=dict)  # ProjectDatasetLink
+
+
+_VIEWED = {"Experimenter", "ExperimenterGroup", "GroupExperimenterMap", "Project", "Dataset"}
+
+
+def view_events(raw: list[Event], refs: EventRefs) -> list[Event]:
+    """OMERO EventLog entries -> the events the view understands (``fs.view``).
+
+    OMERO writes the Fileset row when an upload *starts*; a fileset is new for the view
+    when its images appear (the import finished). Linking images of a shown fileset to a
+    dataset moves it (an update: trees are rebuilt); links made by the import itself are
+    part of its arrival. A new dataset linked to its project arrives with the project
+    data. Membership events name the member, as the view expects. Everything else
+    (annotations, pixels, thumbnails, ...) does not change what the view shows."""
+    new_filesets = {f for f in refs.fileset_of_image.values() if f is not None}
+    new_datasets = {e.entity_id for e in raw if (e.entity, e.action) == ("Dataset", "INSERT")}
+    events: list[Event] = []
+    seen: set[tuple[str, int, str]] = set()
+    for e in raw:
+        out: Event | None = None
+        if e.entity == "Image":
+            fs_id = refs.fileset_of_image.get(e.entity_id)
+            if e.action == "INSERT" and fs_id is not None:
+                out = Event(e.id, "Fileset", fs_id, "INSERT")
+        elif e.entity == "DatasetImageLink":
+            fs_id = refs.fileset_of_link.get(e.entity_id)
+            if fs_id is None:  # gone again, or an image without fileset: rebuild to be sure
+                out = Event(e.id, "Fileset", -1, "UPDATE")
+            elif fs_id not in new_filesets:
+                out = Event(e.id, "Fileset", fs_id, "UPDATE")
+        elif e.entity == "Fileset":
+            if e.action != "INSERT":
+                out = Event(e.id, "Fileset", e.entity_id, e.action)
+        elif e.entity == "GroupExperimenterMap":
+            member = refs.member_of_map.get(e.entity_id)
+            if e.action == "DELETE" or member is None:
+                out = Event(e.id, e.entity, -1, "DELETE")
+            else:
+                out = Event(e.id, e.entity, member, e.action)
+        elif e.entity == "ProjectDatasetLink":
+            if e.action != "INSERT" or refs.dataset_of_link.get(e.entity_id) not in new_datasets:
+                out = Event(e.id, e.entity, e.entity_id, e.action)
+        elif e.entity in _VIEWED:
+            out = Event(e.id, e.entity, e.entity_id, e.action)
+        if out is not None and (out.entity, out.entity_id, out.action) not in seen:
+            seen.add((out.entity, out.entity_id, out.action))
+            events.append(out)
+    return events

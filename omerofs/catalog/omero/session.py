@@ -183,4 +183,6 @@ def _describe(exc: BaseException) -> str:
     name = type(exc).__name__
     detail = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
     detail = " ".join(str(detail).split())
-    return f"{name}: {detail}" if detail else name
+    if not detail:
+        return name
+    return detail if name in detail else f"{name}: {detail}"

@@ -39,6 +39,7 @@ from omero.model import (
 )
 from omero.model.enums import ChecksumAlgorithmSHA1160
 from omero.rtypes import rbool, rstring, unwrap
+from omero_version import omero_version
 
 from omerofs.catalog.omero import records
 from omerofs.catalog.omero.catalog import OmeroCatalog
@@ -70,7 +71,7 @@ def build_fileset(plan: SourceFileset, mode: str) -> Any:
     job = UploadJobI()
     job.setVersionInfo(
         [
-            omero.model.NamedValue("omero.version", omero.__version__),
+            omero.model.NamedValue("omero.version", omero_version),
             omero.model.NamedValue("os.name", platform.system()),
             omero.model.NamedValue("os.version", platform.release()),
             omero.model.NamedValue("os.architecture", platform.machine()),
