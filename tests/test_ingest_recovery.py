@@ -30,3 +30,54 @@ def test_recovery_records_an_import_the_catalog_already_committed(populated) -> 
         assert service.unsettled() == []  # and is not imported again
     finally:
         service.close()
+
+
+def test_a_job_handed_off_to_the_server_is_reported_not_rerun(populated) -> None:
+    """Interrupted after verifyUpload: the server may still finish it. No rollback, no
+    second import: the job fails with a report that says what to check."""
+    config = populated.config
+    staged = make_tiff(config.staging_dir / "alice" / "cells.tif")
+    key = fileset_of("alice/cells.tif")
+    service = IngestService(config, populated.importer, "ln_rm", 0)
+    try:
+        job = service.queue.enqueue(key, "ln_rm", service.manifest(key))
+        service.queue.start(job.id)
+        service.queue.set_prefix(job.id, "alice_3/2026-11/25/10-00-00.000/")
+        service.queue.hand_off(job.id)
+        service.recover()
+        job = service.queue.job(job.id)
+        assert job.state == "failed" and "interrupted while the OMERO server" in job.error
+        assert staged.exists()
+        report = config.staging_dir / key.error_report
+        assert "setfattr -n user.omerofs.commit" in report.read_text()
+    finally:
+        service.close()
+
+
+def test_a_queue_from_before_hand_off_is_upgraded(world_dir) -> None:
+    import sqlite3
+
+    from omerofs.ingest.queue import JobQueue
+
+    path = world_dir / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE ingest_jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, root TEXT NOT NULL, "
+        "user TEXT NOT NULL, grp TEXT, project TEXT, dataset TEXT, is_dir INTEGER NOT NULL, "
+        "transfer TEXT NOT NULL, state TEXT NOT NULL, manifest TEXT NOT NULL, "
+        "bytes_total INTEGER NOT NULL DEFAULT 0, bytes_done INTEGER NOT NULL DEFAULT 0, "
+        "prefix TEXT, fileset_id INTEGER, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+        "created REAL NOT NULL, updated REAL NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO ingest_jobs (root, user, is_dir, transfer, state, manifest, created, "
+        "updated) VALUES ('alice/x.tif', 'alice', 0, 'cp', 'queued', '{}', 1, 1)"
+    )
+    db.commit()
+    db.close()
+    queue = JobQueue(path)
+    try:
+        (job,) = queue.in_state("queued")
+        assert job.handed_off is False and job.key.root == "alice/x.tif"
+    finally:
+        queue.close()

@@ -14,8 +14,15 @@ ice_version=3.6.5
 omero_version=5.23.0
 cache=${OMEROFS_WHEEL_CACHE:-$HOME/.cache/omerofs/wheels}
 
-if "$py" -c "import omero.clients, omero.gateway, Ice" 2>/dev/null \
-   && "$py" -m pip show -q omero-py 2>/dev/null | grep -q "^Version: $omero_version"; then
+quiet() {  # run pip, hiding its notes about the machine's unreachable local indexes
+  local status=0
+  "$@" 2> >(grep -v '^WARNING: Location' >&2) || status=$?
+  return $status
+}
+
+installed=$("$py" -m pip show omero-py 2>/dev/null || true)
+if [[ "$installed" == *"Version: $omero_version"* ]] \
+   && "$py" -c "import omero.clients, omero.gateway, Ice" 2>/dev/null; then
   exit 0
 fi
 
@@ -37,7 +44,7 @@ if [ -z "$wheel" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   echo "omerofs: building zeroc-ice $ice_version for $tag (about 6 minutes, once; log: $work/build.log)"
-  "$py" -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
+  quiet "$py" -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
     "zeroc-ice==$ice_version" -d "$work" 2>/dev/null
   tar -xzf "$work/zeroc-ice-$ice_version.tar.gz" -C "$work"
   src="$work/zeroc-ice-$ice_version"
@@ -50,7 +57,7 @@ if [ -z "$wheel" ]; then
   grep -q "PyThreadState_GetFrame" "$src/src/Util.cpp" || { echo "omerofs: zeroc-ice patch did not apply" >&2; exit 1; }
   builder="$work/venv"
   "$py" -m venv "$builder"
-  "$builder/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel
+  quiet "$builder/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel
   if ! (cd "$src" && "$builder/bin/python" setup.py -q build_ext --parallel "$(nproc)" \
           bdist_wheel -d "$work/dist") >"$work/build.log" 2>&1; then
     tail -30 "$work/build.log" >&2
@@ -63,8 +70,8 @@ if [ -z "$wheel" ]; then
   mv "$cache/.partial.whl" "$cache/$(basename "$built")"
   wheel="$cache/$(basename "$built")"
 fi
-"$py" -m pip install -q --disable-pip-version-check "$wheel"
-"$py" -m pip install -q --disable-pip-version-check "omero-py==$omero_version"
+quiet "$py" -m pip install -q --disable-pip-version-check "$wheel"
+quiet "$py" -m pip install -q --disable-pip-version-check "omero-py==$omero_version"
 "$py" -c "import omero.clients, omero.gateway" \
   || { echo "omerofs: omero-py installed but does not import" >&2; exit 1; }
 echo "omerofs: omero-py $omero_version ready (zeroc-ice from $wheel)"

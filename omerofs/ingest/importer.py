@@ -68,10 +68,12 @@ def _nothing(*_args: Any) -> None:
 @dataclass(frozen=True)
 class ImportHooks:
     """Where a caller (the ingest queue) follows an import: the reserved directory before
-    anything is placed, bytes as they are transferred, SQL inside the catalog commit, and
-    the sources removed by a ``*_rm`` mode."""
+    anything is placed, bytes as they are transferred, the moment a remote catalog takes
+    over (from then on it may finish without us), SQL inside the catalog commit, and the
+    sources removed by a ``*_rm`` mode."""
 
     on_prefix: Callable[[str], None] = _nothing
+    on_handoff: Callable[[], None] = _nothing
     on_bytes: ByteCounter = None
     on_commit: Callable[[Any, int], None] | None = None
     on_removed: Callable[[list[Path]], None] = _nothing
@@ -98,9 +100,9 @@ class RepositoryWriter(Protocol):
         hooks: ImportHooks,
     ) -> Fileset: ...
 
-    def discard(self, prefix: str) -> str | None:
-        """Undo an import a crash interrupted after ``prefix`` was reserved; return why
-        it cannot be undone safely (the job is then failed, never retried blindly)."""
+    def discard(self, prefix: str) -> None:
+        """Undo what an import a crash interrupted placed under ``prefix`` (it was not
+        handed off, and the catalog has no finished fileset there)."""
         ...
 
 
@@ -203,10 +205,10 @@ class Importer:
             hooks.on_removed(self._remove_sources(plan, before))
         return fileset
 
-    def discard(self, prefix: str) -> str | None:
+    def discard(self, prefix: str) -> None:
         """Undo what an import interrupted by a crash placed under ``prefix``, unless the
         catalog holds a fileset there (then it finished and must stay)."""
-        return self.writer.discard(prefix)
+        self.writer.discard(prefix)
 
     def _refuse_repository_sources(self, plan: SourceFileset) -> None:
         managed = os.path.realpath(self.config.managed_dir) + os.sep

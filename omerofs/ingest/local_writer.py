@@ -103,12 +103,12 @@ class LocalWriter:
         self._write_log(final, fileset, mode, owner, group, target)
         return fileset
 
-    def discard(self, prefix: str) -> str | None:
+    def discard(self, prefix: str) -> None:
         """Remove what an interrupted import placed under ``prefix`` (its reserved directory,
         its private temporary directory, an import log) unless the catalog recorded it."""
         final = self.managed / prefix
         if self.catalog.fileset_by_prefix(prefix) is not None:
-            return None
+            return
         shutil.rmtree(final, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(final.parent / (final.name + ".log"))
@@ -117,7 +117,6 @@ class LocalWriter:
                 pid = tmp.name[len(TMP_PREFIX) :].split("-", 1)[0]
                 if pid.isdigit() and not _alive(int(pid)):
                     shutil.rmtree(tmp, ignore_errors=True)
-        return None
 
     @staticmethod
     def _place(mode: str, source: Path, dest: Path, hooks: ImportHooks) -> str:

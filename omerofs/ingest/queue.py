@@ -3,7 +3,9 @@
 States: ``queued`` -> ``importing`` -> ``imported`` | ``failed``. A job becomes
 ``imported`` in the SAME transaction that records its fileset in the catalog (see
 ``commit_statements``), so after any crash a job is either imported exactly once or not
-at all; ``importing`` after a restart always means "not committed, roll back and retry".
+at all; ``importing`` after a restart means "not committed, roll back and retry" — unless
+the job was ``handed_off`` to a remote catalog (an OMERO server), which may finish it
+without us: then it is recorded if the catalog has it, and reported otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS ingest_jobs (
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    handed_off INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ingest_jobs_root ON ingest_jobs(root, id);
 CREATE INDEX IF NOT EXISTS ingest_jobs_state ON ingest_jobs(state);
@@ -69,6 +72,7 @@ class Job:
     attempts: int
     created: float
     updated: float
+    handed_off: bool = False  # a remote catalog took the import over (may finish alone)
 
 
 class JobQueue:
@@ -77,6 +81,11 @@ class JobQueue:
         self._db, self._lock, self._tx = self._store.conn, self._store.lock, self._store.transaction
         try:
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(ingest_jobs)")}
+            if "handed_off" not in columns:  # a queue written by an older omerofs
+                self._db.execute(
+                    "ALTER TABLE ingest_jobs ADD COLUMN handed_off INTEGER NOT NULL DEFAULT 0"
+                )
         except sqlite3.Error as exc:
             self._store.close()
             raise CatalogUnavailable(f"cannot open the ingest queue in {path}: {exc}") from None
@@ -136,6 +145,14 @@ class JobQueue:
                 (prefix, time.time(), job_id),
             )
 
+    def hand_off(self, job_id: int) -> None:
+        """The catalog's server now imports on its own: after a crash from here on, the
+        import may finish without us, so it must never be rolled back or run again."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE ingest_jobs SET handed_off=1, updated=? WHERE id=?", (time.time(), job_id)
+            )
+
     def progress(self, job_id: int, done: int) -> None:
         with self._lock:
             self._db.execute("UPDATE ingest_jobs SET bytes_done=? WHERE id=?", (done, job_id))
@@ -150,7 +167,8 @@ class JobQueue:
     def requeue(self, job_id: int) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE ingest_jobs SET state='queued', prefix=NULL, updated=? WHERE id=?",
+                "UPDATE ingest_jobs SET state='queued', prefix=NULL, handed_off=0, updated=? "
+                "WHERE id=?",
                 (time.time(), job_id),
             )
 
@@ -233,4 +251,5 @@ def _job(row: tuple) -> Job:
     id_, root, user, grp, project, dataset, is_dir, transfer, state, manifest, *rest = row
     key = FilesetKey(user, grp, project, dataset, root, bool(is_dir))
     files = {p: (s, m) for p, (s, m) in json.loads(manifest).items()}
-    return Job(id_, key, transfer, state, files, *rest)  # rest: totals .. updated, in order
+    *rest, handed_off = rest  # rest: totals .. updated, in order
+    return Job(id_, key, transfer, state, files, *rest, bool(handed_off))

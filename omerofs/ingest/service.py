@@ -246,6 +246,7 @@ class IngestService:
             plan = plan_fileset(self.staging / key.root, include=lambda p: p in include)
             hooks = ImportHooks(
                 on_prefix=lambda prefix: self.queue.set_prefix(job.id, prefix),
+                on_handoff=lambda: self.queue.hand_off(job.id),
                 on_bytes=on_bytes,
                 on_commit=self.queue.commit_statements(job),
                 on_removed=on_removed,
@@ -329,12 +330,18 @@ class IngestService:
                     done.id,
                 )
                 continue
-            problem = self.importer.discard(job.prefix) if job.prefix else None
-            if problem is not None:
+            if job.handed_off:  # the server may finish or have failed it: never run it twice
+                problem = (
+                    f"interrupted while the OMERO server imported it (template {job.prefix}); "
+                    "check whether it arrived, then retry with setfattr -n "
+                    "user.omerofs.commit -v 1 if it did not"
+                )
                 self.queue.fail(job.id, problem)
                 self._write_report(job, problem)
                 log.error("ingest job %d (%s): %s", job.id, job.key.root, problem)
                 continue
+            if job.prefix:
+                self.importer.discard(job.prefix)
             self.queue.requeue(job.id)
             log.warning(
                 "ingest job %d (%s) was interrupted; rolled back and queued again",

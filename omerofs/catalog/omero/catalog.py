@@ -254,15 +254,6 @@ class OmeroCatalog:
         found = self._complete(heads)
         return found[0] if found else None
 
-    def any_fileset_at(self, prefix: str) -> int | None:
-        """A fileset at ``prefix``, finished or not (an import may still be running)."""
-        params = omero.sys.ParametersI()
-        params.add("prefix", rstring(prefix))
-        rows = self._project(
-            "select fs.id from Fileset fs where fs.templatePrefix = :prefix", params
-        )
-        return int(rows[0][0]) if rows else None
-
     def _complete(self, heads: list[list[Any]]) -> list[Fileset]:
         """Fileset rows ``[id, owner, group, prefix, created ms]`` with their entries,
         images, datasets and transfer mode, fetched by id in chunks."""

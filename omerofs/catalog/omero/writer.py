@@ -13,11 +13,11 @@ removed again: a failed import leaves nothing of ours in the repository.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -191,6 +191,7 @@ class OmeroWriter:
                             hashes.append(self._transfer(mode, rfs, f.path, dest, placed, hooks))
                         finally:
                             rfs.close()
+                    hooks.on_handoff()
                     handle = proc.verifyUpload(hashes)
                     self._wait(client, handle, plan)
                 finally:
@@ -214,18 +215,16 @@ class OmeroWriter:
             raise ImportFailed(f"{plan.root}: OMERO finished the import but fileset is not visible")
         return found
 
-    def discard(self, prefix: str) -> str | None:
-        """After a crash mid-import: remove what was linked or copied under ``prefix`` if
-        the server never started importing it. If the server has a Fileset there it may
-        still be importing: nothing is removed and the job is reported, not retried."""
-        started = self.catalog.any_fileset_at(prefix)
-        if started is not None:
-            return (
-                f"interrupted while OMERO imported it as fileset {started}; check that "
-                "fileset in OMERO, then retry with setfattr -n user.omerofs.commit -v 1"
-            )
-        shutil.rmtree(self.managed / prefix, ignore_errors=True)
-        return None
+    def discard(self, prefix: str) -> None:
+        """After a crash before ``verifyUpload``: remove what was linked or copied under
+        ``prefix``. The server never imported it; its Fileset row stays without images,
+        as after any abandoned OMERO upload, and is never shown."""
+        if self.catalog.fileset_by_prefix(prefix) is not None:
+            return
+        for directory, _, files in os.walk(self.managed / prefix):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
 
     # -- steps ---------------------------------------------------------------------------
 
