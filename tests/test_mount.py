@@ -294,3 +294,17 @@ def test_umount_of_something_not_mounted(populated, world_dir) -> None:
 
 def test_python_runs_same_interpreter() -> None:
     assert sys.executable
+
+
+def test_readahead_is_raised_once_fuse_init_is_done(populated, mount_view) -> None:
+    """The FUSE_INIT reply caps the mount's readahead at the kernel's 128 KiB proposal;
+    raised before it, the setting was silently lost (reads stayed 128 KiB requests)."""
+    from omerofs.fs.mount import read_ahead_file
+
+    view = mount_view(populated)
+    knob = read_ahead_file(view.mountpoint)
+    assert knob is not None
+    wait_for(
+        lambda: int(knob.read_text()) == populated.config.read_ahead_kb,
+        what="read_ahead_kb raised",
+    )

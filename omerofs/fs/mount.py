@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pyfuse3
@@ -98,15 +99,33 @@ def unmount(mountpoint: Path, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def set_read_ahead(mountpoint: Path, kib: int) -> None:
-    """Raise readahead for the mount's bdi: the 128 KiB default halves streaming reads."""
+def read_ahead_file(mountpoint: Path) -> Path | None:
+    """The sysfs knob of the mount's readahead (its bdi), if mounted."""
     entry = mount_table().get(str(mountpoint))
-    if entry is None:
+    return None if entry is None else Path(f"/sys/class/bdi/{entry[1]}/read_ahead_kb")
+
+
+def set_read_ahead(mountpoint: Path, kib: int) -> None:
+    """Raise readahead for the mount's bdi: the 128 KiB default halves streaming reads.
+    Only effective once the kernel has processed FUSE_INIT, whose reply caps it again."""
+    knob = read_ahead_file(mountpoint)
+    if knob is None:
         return
     try:
-        Path(f"/sys/class/bdi/{entry[1]}/read_ahead_kb").write_text(str(kib))
+        knob.write_text(str(kib))
     except OSError as exc:
         log.warning("could not set read_ahead_kb for %s: %s", mountpoint, exc)
+
+
+async def _tune_after_init(
+    mountpoint: Path, read_ahead_kb: int, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A stat of our own root returns only after FUSE_INIT is done (requests wait for
+    it); only then does a raised readahead survive."""
+    task_status.started()
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kb)
+    log.info("read_ahead_kb of %s set to %d", mountpoint, read_ahead_kb)
 
 
 # -- the daemon --------------------------------------------------------------------------
@@ -225,9 +244,9 @@ def _serve(
     pyfuse3.init(ops, str(mountpoint), options)
     clean = False
     try:
-        set_read_ahead(mountpoint, read_ahead_kb)
         log.info("%s mounted at %s (pid %d)", kind, mountpoint, os.getpid())
-        trio.run(_main, tasks)
+        tune = partial(_tune_after_init, mountpoint, read_ahead_kb)
+        trio.run(_main, [tune, *tasks])
         clean = True
     finally:
         pyfuse3.close(unmount=clean)
@@ -295,6 +314,21 @@ def _invalidate(inval: Invalidation) -> None:
             pyfuse3.invalidate_inode(inode, attr_only=False)
 
 
+def _wait_for_read_ahead(mountpoint: Path, kib: int, deadline: float) -> None:
+    """A mount is ready when its readahead is raised (files opened earlier keep 128 KiB);
+    where it cannot be raised (not root), mounted is ready."""
+    knob = read_ahead_file(mountpoint)
+    if knob is None or not os.access(knob, os.W_OK):
+        return
+    while time.monotonic() < deadline:
+        try:
+            if int(knob.read_text()) == kib:
+                return
+        except (OSError, ValueError):
+            return
+        time.sleep(0.01)
+
+
 def spawn_daemon(
     config: RepoConfig, mountpoint: Path, args: list[str], timeout: float = 30.0
 ) -> int:
@@ -323,6 +357,7 @@ def spawn_daemon(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if is_mounted(mountpoint):
+            _wait_for_read_ahead(mountpoint, config.read_ahead_kb, deadline)
             return proc.pid
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]

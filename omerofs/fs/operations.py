@@ -120,6 +120,7 @@ class ViewOperations(pyfuse3.Operations):
             fd = os.open(os.path.join(self.managed_dir, node.entry.repo_path), os.O_RDONLY)
         except OSError as exc:
             raise pyfuse3.FUSEError(errno.EIO if exc.errno == errno.ENOENT else exc.errno) from None
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a deeper readahead behind us
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
