@@ -32,7 +32,8 @@ import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from omerofs.catalog.local import LocalCatalog  # noqa: E402
-from omerofs.config import init_repo  # noqa: E402
+from omerofs.config import init_repo, load_config  # noqa: E402
+from omerofs.fs.mount import wait_for_read_ahead  # noqa: E402
 from omerofs.identity import PermissionLevel  # noqa: E402
 from omerofs.ingest.importer import Importer, Target  # noqa: E402
 from omerofs.ingest.transfer import sha1_file  # noqa: E402
@@ -123,6 +124,7 @@ class Mount:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"bench: {args[0]} did not mount (see {self.log.name})")
             time.sleep(0.02)
+        wait_for_read_ahead(mountpoint, load_config(repo).read_ahead_kb, deadline)
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

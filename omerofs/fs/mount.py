@@ -314,7 +314,7 @@ def _invalidate(inval: Invalidation) -> None:
             pyfuse3.invalidate_inode(inode, attr_only=False)
 
 
-def _wait_for_read_ahead(mountpoint: Path, kib: int, deadline: float) -> None:
+def wait_for_read_ahead(mountpoint: Path, kib: int, deadline: float) -> None:
     """A mount is ready when its readahead is raised (files opened earlier keep 128 KiB);
     where it cannot be raised (not root), mounted is ready."""
     knob = read_ahead_file(mountpoint)
@@ -357,7 +357,7 @@ def spawn_daemon(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if is_mounted(mountpoint):
-            _wait_for_read_ahead(mountpoint, config.read_ahead_kb, deadline)
+            wait_for_read_ahead(mountpoint, config.read_ahead_kb, deadline)
             return proc.pid
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
