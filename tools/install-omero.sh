@@ -14,10 +14,17 @@ ice_version=3.6.5
 omero_version=5.23.0
 cache=${OMEROFS_WHEEL_CACHE:-$HOME/.cache/omerofs/wheels}
 
-quiet() {  # run pip, hiding its notes about the machine's unreachable local indexes
-  local status=0
-  "$@" 2> >(grep -v '^WARNING: Location' >&2) || status=$?
-  return $status
+quiet() {  # run pip, hiding its notes about the machine's unreachable local indexes;
+  # three attempts: a registry hiccup must not fail every later `make test`
+  local attempt status
+  for attempt in 1 2 3; do
+    status=0
+    "$@" 2> >(grep -v '^WARNING: Location' >&2) || status=$?
+    [ "$status" -eq 0 ] && return 0
+    echo "omerofs: attempt $attempt of: ${*:1:4} ... failed ($status)" >&2
+    sleep $((attempt * 5))
+  done
+  return "$status"
 }
 
 installed=$("$py" -m pip show omero-py 2>/dev/null || true)

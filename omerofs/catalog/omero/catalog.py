@@ -60,6 +60,7 @@ class OmeroCatalog:
         self._people: Snapshot | None = None
         self._people_at = 0.0
         self._reconciled = time.monotonic()
+        self._max_fileset = 0  # never goes down: a rebuild must not drop delivered filesets
 
     def close(self) -> None:
         self.server.close()
@@ -106,7 +107,9 @@ class OmeroCatalog:
         first: whatever happens after it is delivered again by ``changes``."""
         event_id = self.last_event_id()
         (max_row,) = self._project("select max(fs.id) from Fileset fs")
-        snap = Snapshot(event_id=event_id, max_fileset_id=int(max_row[0] or 0))
+        with self._lock:
+            self._max_fileset = max(self._max_fileset, int(max_row[0] or 0))
+            snap = Snapshot(event_id=event_id, max_fileset_id=self._max_fileset)
         group_objects = self.server.call(
             lambda sf: sf.getQueryService().findAllByQuery(
                 "select g from ExperimenterGroup g", None, ALL_GROUPS
@@ -360,14 +363,14 @@ class OmeroCatalog:
         if reconcile:  # a full re-read now and then: every built tree is fetched again
             self._reconciled = time.monotonic()
             events.append(Event(last, "Reconcile", 0, "UPDATE"))
-        snap = dataclasses.replace(
-            people,
-            event_id=max(last, people.event_id),
-            filesets={},
-            max_fileset_id=max(
-                [people.max_fileset_id] + [e.entity_id for e in events if e.entity == "Fileset"]
-            ),
-        )
+        with self._lock:
+            self._max_fileset = max(
+                [self._max_fileset] + [e.entity_id for e in events if e.entity == "Fileset"]
+            )
+            newest = self._max_fileset
+        # the events up to ``last`` are handled; people may be newer (read just now):
+        # events after ``last`` come again next time, and applying them twice is harmless
+        snap = dataclasses.replace(people, event_id=last, filesets={}, max_fileset_id=newest)
         new_ids = sorted(
             {e.entity_id for e in events if (e.entity, e.action) == ("Fileset", "INSERT")}
         )

@@ -152,7 +152,7 @@ class ServerConnection:
         def create(sf: Any) -> str:
             principal = omero.sys.Principal()
             principal.name, principal.group, principal.eventType = user, group, "User"
-            session = sf.getSessionService().createSessionWithTimeouts(principal, ttl_ms, 0)
+            session = sf.getSessionService().createSessionWithTimeout(principal, ttl_ms)
             return str(unwrap(session.getUuid()))
 
         uuid = self.call(create)
