@@ -64,3 +64,31 @@ def test_uploader_hashes_what_it_received(world_dir) -> None:
     up.write(b"abc")
     up.write(b"def")
     assert up.close() == transfer.sha1_file(world_dir / "up")
+
+
+@needs_root
+@pytest.mark.parametrize("across", [False, True])
+def test_copy_with_and_without_the_kernel_copy(tmpfs, world_dir, source, across) -> None:
+    """cp uses copy_file_range; where the kernel refuses (another filesystem type) the
+    plain loop copies the rest. Either way every byte arrives and is verified."""
+    target = (tmpfs("elsewhere") if across else world_dir) / "copied"
+    done: list[int] = []
+    sha1 = transfer.place("cp", source, target, done.append)
+    assert target.read_bytes() == source.read_bytes()
+    assert sha1 == transfer.sha1_file(source) and sum(done) == source.stat().st_size
+
+
+def test_a_copy_that_differs_from_its_source_fails(world_dir, source, monkeypatch) -> None:
+    """The copy is hashed independently of the source: a copy that came out different
+    (here: a kernel copy that drops its last byte) is caught, not recorded."""
+    real = os.copy_file_range
+
+    def short_copy(src, dst, count, *args):
+        n = real(src, dst, count, *args)
+        if n and os.fstat(src).st_size == os.lseek(src, 0, os.SEEK_CUR):
+            os.ftruncate(dst, os.fstat(dst).st_size - 1)
+        return n
+
+    monkeypatch.setattr(os, "copy_file_range", short_copy)
+    with pytest.raises(ChecksumMismatch, match="does not match"):
+        transfer.place("cp", source, world_dir / "bad-copy")
