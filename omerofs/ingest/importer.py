@@ -109,7 +109,8 @@ class RepositoryWriter(Protocol):
 class Importer:
     """The import rules every backend shares: who may import as whom, sources never taken
     from the repository itself, and ``*_rm`` sources removed only after a verified import
-    and only when unchanged since they were hashed. The writer does the rest."""
+    and only when unchanged since they were hashed. The writer does the rest: the one
+    ``backend.open_backend`` chose, or for an embedded catalog its ``LocalWriter``."""
 
     def __init__(
         self, config: RepoConfig, catalog: Catalog, writer: RepositoryWriter | None = None
