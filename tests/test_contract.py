@@ -166,3 +166,22 @@ def test_import_as_another_user(world: World) -> None:
     assert owner.name == world.names["bob"]
     with pytest.raises(AccessDenied):
         imp.resolve_identity(world.names["carol"], world.names["rw"])  # not a member
+
+
+def test_filesets_in_pages(world: World) -> None:
+    """``filesets_for(after, limit)`` pages through exactly what one call returns."""
+    made = [
+        world.import_path(
+            make_tiff(world.source_dir / f"page{i}.tif", seed=20 + i), "alice", "rw", "upload"
+        ).id
+        for i in range(5)
+    ]
+    alice, rw = world.user("alice"), world.group("rw")
+    max_id = world.catalog.snapshot_people().max_fileset_id
+    everything = [f.id for f in world.catalog.filesets_for(alice.id, {rw.id}, max_id)]
+    paged, after = [], 0
+    while page := world.catalog.filesets_for(alice.id, {rw.id}, max_id, after=after, limit=2):
+        assert len(page) <= 2
+        paged += [f.id for f in page]
+        after = page[-1].id
+    assert paged == everything and set(made) <= set(paged)

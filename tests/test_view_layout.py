@@ -3,14 +3,14 @@
 from omerofs.fs.inodes import walk
 from omerofs.fs.layout import suffixed
 from omerofs.fs.mount import fileset_loader
-from omerofs.fs.view import RepositoryView
+from omerofs.fs.view import RepositoryView, fetch_all
 from tests.conftest import make_tiff
 
 
 def _paths(view: RepositoryView, user: str) -> set[str]:
     home = view.table.child(view.table.root, user)
     view.materialize(home)
-    return {n.path() for n in walk(home) if n.entry is not None}
+    return {n.path() for n in walk(home) if n.source is not None}
 
 
 def _view(repo) -> RepositoryView:
@@ -21,7 +21,9 @@ def _follow(view: RepositoryView, catalog):
     """What the mount's catalog follower does, synchronously."""
     changes = catalog.changes(view.event_id)
     targets = view.rebuild_targets(changes)
-    return view.apply(changes, {e: view.loader(v, changes.snapshot) for e, v in targets.items()})
+    return view.apply(
+        changes, {e: fetch_all(view.loader, v, changes.snapshot) for e, v in targets.items()}
+    )
 
 
 def _files(repo, world_dir):
@@ -169,3 +171,24 @@ def test_new_users_get_homes(populated) -> None:
     inval = _follow(live, populated.catalog)
     home = live.table.child(live.table.root, "newbie")
     assert home is not None and home.uid == 4444 and live.table.root.inode in inval.inodes
+
+
+def test_a_tree_loaded_in_chunks_is_the_same_tree(populated, world_dir) -> None:
+    """Trees are fetched in chunks (an admin's at 1M filesets would not fit at once):
+    chunk boundaries must not change a single path, for any viewer."""
+    _files(populated, world_dir)
+    snap = populated.catalog.snapshot_people()
+    whole = RepositoryView(snap, 1, fileset_loader(populated.catalog))
+    chunked = RepositoryView(snap, 1, fileset_loader(populated.catalog, chunk=2))
+    loader = fileset_loader(populated.catalog, chunk=2)
+    adam = next(e for e in snap.experimenters.values() if e.name == "adam")
+    assert [len(c) for c in loader(chunked.viewer_of(adam.id, snap), snap)] == [2, 2, 1]
+    for user in ("alice", "bob", "olga", "adam"):
+        home = chunked.table.child(chunked.table.root, user)
+        exp_id, viewer = chunked.build_request(home)
+        chunks = chunked.loader(viewer, snap)
+        chunked.build(exp_id, next(chunks, []))
+        for chunk in chunks:
+            chunked.extend(exp_id, chunk)
+        built = {n.path() for n in walk(home) if n.source is not None}
+        assert built == _paths(whole, user), user

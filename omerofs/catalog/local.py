@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from sys import intern
 
 from omerofs.catalog.protocol import (
     Changes,
@@ -370,7 +371,20 @@ class LocalCatalog:
             f"{where} ORDER BY e.fileset_id, e.idx",
             params,
         ):
-            entries[row[0]].append(FilesetEntry(*row[1:]))
+            idx, client_path, path, name, size, sha, hasher, mimetype = row[1:]
+            # a million entries share a few hashers, mimetypes and one prefix per fileset
+            entries[row[0]].append(
+                FilesetEntry(
+                    idx,
+                    client_path,
+                    intern(path),
+                    name,
+                    size,
+                    sha,
+                    intern(hasher),
+                    intern(mimetype),
+                )
+            )
         datasets: dict[int, set[int]] = defaultdict(set)
         images: dict[int, int] = defaultdict(int)
         for fileset_id, dataset_id in db.execute(
@@ -386,7 +400,7 @@ class LocalCatalog:
                 id=row[0],
                 owner_id=row[1],
                 group_id=row[2],
-                template_prefix=row[3],
+                template_prefix=intern(row[3]),
                 transfer=row[4],
                 created=row[5],
                 entries=tuple(entries[row[0]]),
@@ -404,17 +418,32 @@ class LocalCatalog:
         return found[0]
 
     def filesets_for(
-        self, experimenter_id: int, groups: set[int] | None, max_id: int
+        self,
+        experimenter_id: int,
+        groups: set[int] | None,
+        max_id: int,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[Fileset]:
-        """Filesets up to ``max_id`` owned by the experimenter or in ``groups`` (None: all)."""
-        if groups is None:
-            where, params = "WHERE f.id <= ?", (max_id,)
-        else:
-            marks = ",".join("?" * len(groups))
-            where = f"WHERE f.id <= ? AND (f.owner_id = ? OR f.group_id IN ({marks}))"
-            params = (max_id, experimenter_id, *sorted(groups))
+        """Filesets with ``after`` < id <= ``max_id`` owned by the experimenter or in
+        ``groups`` (None: all), in id order; at most ``limit`` of them."""
+        who, params = "", ()
+        if groups is not None:
+            who = f" AND (f.owner_id = ? OR f.group_id IN ({','.join('?' * len(groups))}))"
+            params = (experimenter_id, *sorted(groups))
         with self._read() as db:
-            return self._read_filesets(db, where, params)
+            if limit is not None:  # the id range holding the next ``limit`` of them
+                last = db.execute(
+                    f"SELECT max(id) FROM (SELECT f.id FROM filesets f WHERE f.id > ? "
+                    f"AND f.id <= ?{who} ORDER BY f.id LIMIT ?)",
+                    (after, max_id, *params, limit),
+                ).fetchone()[0]
+                if last is None:
+                    return []
+                max_id = last
+            return self._read_filesets(
+                db, f"WHERE f.id > ? AND f.id <= ?{who}", (after, max_id, *params)
+            )
 
     def fileset_by_prefix(self, prefix: str) -> Fileset | None:
         with self._lock:

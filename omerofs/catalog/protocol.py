@@ -46,7 +46,7 @@ class Container:
     group_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a view may hold millions
 class FilesetEntry:
     """One OriginalFile of a fileset; on disk at ``ManagedRepository/path/name``."""
 
@@ -64,7 +64,7 @@ class FilesetEntry:
         return self.path + self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fileset:
     id: int
     owner_id: int
@@ -157,7 +157,12 @@ class Catalog(Protocol):
     def snapshot_people(self) -> Snapshot: ...
 
     def filesets_for(
-        self, experimenter_id: int, groups: set[int] | None, max_id: int
+        self,
+        experimenter_id: int,
+        groups: set[int] | None,
+        max_id: int,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[Fileset]: ...
 
     def changes(self, since: int) -> Changes | None: ...

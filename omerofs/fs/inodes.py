@@ -2,21 +2,24 @@
 
 Every node has ONE set of attributes whoever asks (the kernel caches them per inode);
 different users reach different nodes because each user has their own subtree.
-Directory children are kept by name for lookup and by insertion sequence for
-``readdir``, so a listing resumed at a ``next_id`` never repeats or skips an entry
-even when entries come and go in between.
+Directory children are kept by name. Inode numbers only grow, and a rebuilt node takes
+over the number of the node it replaces, so the inode number doubles as the position for
+``readdir``: a listing resumes at a ``next_id`` by bisecting the children sorted by inode,
+and never repeats or skips an entry even when entries come and go in between. The sorted
+list is built when a directory is listed and dropped when it changes: most directories
+(one per fileset) are never listed, and a sorted index per directory cost ~1 KB each
+(measured: 4.1 KB per fileset for an admin's tree at 1M).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 from collections.abc import Iterator
 
 import pyfuse3
-from sortedcontainers import SortedDict
 
-from omerofs.catalog.protocol import FilesetEntry
 from omerofs.errors import NotFound
 
 ROOT_INODE = pyfuse3.ROOT_INODE
@@ -25,23 +28,21 @@ FILE_MODE = stat.S_IFREG | 0o444
 
 
 class Node:
-    """A directory (``children`` set) or a file backed by a ManagedRepository entry."""
+    """A directory (``children`` set) or a file backed by a ManagedRepository entry
+    (``source``: only its path is kept, not the catalog record: millions of these)."""
 
     __slots__ = (
         "inode",
         "parent",
         "name",
-        "seq",
         "uid",
         "gid",
         "mode",
         "mtime_ns",
         "size",
         "children",
-        "order",
-        "next_seq",
-        "entry",
-        "fileset_id",
+        "listed",
+        "source",
         "stat_done",
     )
 
@@ -58,17 +59,14 @@ class Node:
         self.inode = inode
         self.parent = parent
         self.name = name
-        self.seq = 0
         self.uid = uid
         self.gid = gid
         self.mode = mode
         self.mtime_ns = mtime_ns
         self.size = 0
         self.children: dict[str, Node] | None = None
-        self.order: SortedDict | None = None
-        self.next_seq = 1
-        self.entry: FilesetEntry | None = None
-        self.fileset_id = 0
+        self.listed: list[Node] | None = None  # children in order, while unchanged
+        self.source: str | None = None  # a file's path under ManagedRepository
         self.stat_done = False
 
     @property
@@ -105,7 +103,6 @@ class InodeTable:
     @staticmethod
     def _make_dir(node: Node) -> None:
         node.children = {}
-        node.order = SortedDict()
 
     def get(self, inode: int) -> Node:
         node = self._nodes.get(inode)
@@ -128,7 +125,7 @@ class InodeTable:
         inode: int | None = None,
     ) -> Node:
         """Create a node under ``parent``; a directory if ``mode`` says so."""
-        assert parent.children is not None and parent.order is not None
+        assert parent.children is not None
         assert name not in parent.children, name
         if inode is None:
             inode = self._next_inode
@@ -136,36 +133,42 @@ class InodeTable:
         node = self._register(Node(inode, parent, name, uid, gid, mode, mtime_ns))
         if stat.S_ISDIR(mode):
             self._make_dir(node)
-        node.seq = parent.next_seq
-        parent.next_seq += 1
         parent.children[name] = node
-        parent.order[node.seq] = node
+        parent.listed = None
         parent.mtime_ns = max(parent.mtime_ns, mtime_ns)
         return node
 
     def remove(self, node: Node) -> None:
         """Unlink ``node`` from its parent and forget it and everything below it."""
         parent = node.parent
-        assert parent is not None and parent.children is not None and parent.order is not None
+        assert parent is not None and parent.children is not None
         del parent.children[node.name]
-        del parent.order[node.seq]
+        parent.listed = None
         for gone in walk(node):
             self._nodes.pop(gone.inode, None)
 
     def renumber(self, node: Node, inode: int) -> None:
-        """Give ``node`` the number ``inode`` (of a node it replaces), so the kernel's
-        cached dentries and open directories stay valid across a rebuild."""
+        """Give ``node`` the number ``inode`` of the node it replaces, so the kernel's cached
+        dentries, open directories and listings in progress stay valid across a rebuild."""
         if node.inode == inode:
             return
         self._nodes.pop(node.inode, None)
         node.inode = inode
         self._nodes[inode] = node
+        if node.parent is not None:
+            node.parent.listed = None
 
     def listing(self, directory: Node, after: int) -> Iterator[Node]:
-        """Children in insertion order, starting after sequence number ``after``."""
-        assert directory.order is not None
-        for seq in directory.order.irange(minimum=after + 1):
-            yield directory.order[seq]
+        """Children in inode order (creation order), starting after inode ``after``."""
+        assert directory.children is not None
+        if directory.listed is None:
+            directory.listed = sorted(directory.children.values(), key=_inode)
+        listed = directory.listed
+        yield from listed[bisect.bisect_right(listed, after, key=_inode) :]
+
+
+def _inode(node: Node) -> int:
+    return node.inode
 
 
 def walk(node: Node) -> Iterator[Node]:
@@ -177,10 +180,10 @@ def walk(node: Node) -> Iterator[Node]:
 
 def refresh_file_stat(node: Node, managed_dir: str) -> None:
     """Take the real size and mtime from the file on disk (following ``ln_s`` links)."""
-    if node.stat_done or node.entry is None:
+    if node.stat_done or node.source is None:
         return
     try:
-        st = os.stat(os.path.join(managed_dir, node.entry.repo_path))
+        st = os.stat(os.path.join(managed_dir, node.source))
         node.size, node.mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         pass  # keep the catalog's size; a missing original surfaces as EIO on open

@@ -49,7 +49,6 @@ class UserLayout:
         self._dataset_dirs: dict[int, list[Node]] = {}
         self._project_dirs: dict[int, Node] = {}
         self._group_dirs: dict[int, Node] = {}
-        self._placed: set[int] = set()  # a remote catalog may report a fileset twice
         uid, gid, mtime = home.uid, home.gid, home.mtime_ns
         self.managed = self._dir(home, MANAGED, uid, gid, mtime)
         self.groups = self._dir(home, GROUPS, uid, gid, mtime)
@@ -96,64 +95,84 @@ class UserLayout:
 
     def add_fileset(self, fs: Fileset) -> bool:
         """Place ``fs`` if this user may see it; return whether it was placed."""
-        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries or fs.id in self._placed:
+        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries or self._placed(fs):
             return False
-        self._placed.add(fs.id)
         owner = self.snapshot.experimenters.get(fs.owner_id)
         uid = owner.uid if owner else 0
         gid = self.snapshot.groups[fs.group_id].gid
         mtime = int(fs.created * 1e9)
+        sources = [e.repo_path for e in fs.entries]  # one string each, shared by both trees
         # OMERO's own path
         directory = self.managed
         for depth, part in enumerate(fs.template_prefix.rstrip("/").split("/")):
             own = depth >= self.root_depth
             directory = self._dir(directory, part, uid if own else 0, gid if own else 0, mtime)
-        self._place_files(directory, fs, uid, gid, mtime)
+        self._place_files(directory, fs, sources, uid, gid, mtime)
         # the named tree
         targets = [d for did in fs.dataset_ids for d in self._dataset_dirs.get(did, [])]
         if not targets:
             targets = [self._dir(self._group_dir(fs.group_id), ORPHANS)]
         for target in targets:
-            self._place_named(target, fs, uid, gid, mtime)
+            self._place_named(target, fs, sources, uid, gid, mtime)
         return True
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _place_named(self, target: Node, fs: Fileset, uid: int, gid: int, mtime: int) -> None:
-        rels = [e.repo_path[len(fs.template_prefix) :] for e in fs.entries]
+    def _placed(self, fs: Fileset) -> bool:
+        """Is ``fs`` in the tree already? (A remote catalog may report a fileset twice.)
+        Its template directory is its own, so holding its main file settles it."""
+        node: Node | None = self.managed
+        for part in fs.template_prefix.rstrip("/").split("/"):
+            node = self.table.child(node, part) if node is not None and node.is_dir else None
+        if node is None or not node.is_dir:
+            return False
+        main = fs.entries[0].repo_path[len(fs.template_prefix) :].split("/", 1)[0]
+        return self.table.child(node, main) is not None
+
+    def _place_named(
+        self, target: Node, fs: Fileset, sources: list[str], uid: int, gid: int, mtime: int
+    ) -> None:
+        rels = [src[len(fs.template_prefix) :] for src in sources]
         tops = {r.split("/", 1)[0] for r in rels}
         if len(tops) == 1:
             top = tops.pop()
             is_dir = "/" in rels[0]
             name = self._claim(target, top, f"fs{fs.id}", is_dir)
             if not is_dir:
-                self._file(target, name, fs, fs.entries[0], uid, gid, mtime)
+                self._file(target, name, sources[0], fs.entries[0].size, uid, gid, mtime)
                 return
             directory = self._dir(target, name, uid, gid, mtime)
-            self._place_files(directory, fs, uid, gid, mtime, strip=top + "/")
+            self._place_files(directory, fs, sources, uid, gid, mtime, strip=top + "/")
         else:  # several top-level names: keep them together under the main file's name
             name = self._claim(target, fs.entries[0].name, f"fs{fs.id}", True)
-            self._place_files(self._dir(target, name, uid, gid, mtime), fs, uid, gid, mtime)
+            directory = self._dir(target, name, uid, gid, mtime)
+            self._place_files(directory, fs, sources, uid, gid, mtime)
 
     def _place_files(
-        self, directory: Node, fs: Fileset, uid: int, gid: int, mtime: int, strip: str = ""
+        self,
+        directory: Node,
+        fs: Fileset,
+        sources: list[str],
+        uid: int,
+        gid: int,
+        mtime: int,
+        strip: str = "",
     ) -> None:
-        for entry in fs.entries:
-            rel = entry.repo_path[len(fs.template_prefix) + len(strip) :]
+        for entry, source in zip(fs.entries, sources, strict=True):
+            rel = source[len(fs.template_prefix) + len(strip) :]
             *dirs, name = rel.split("/")
             parent = directory
             for part in dirs:
                 parent = self._dir(parent, part, uid, gid, mtime)
             if self.table.child(parent, name) is None:
-                self._file(parent, name, fs, entry, uid, gid, mtime)
+                self._file(parent, name, source, entry.size, uid, gid, mtime)
 
     def _file(
-        self, parent: Node, name: str, fs: Fileset, entry, uid: int, gid: int, mtime: int
+        self, parent: Node, name: str, source: str, size: int, uid: int, gid: int, mtime: int
     ) -> Node:
         node = self.table.add(parent, name, uid, gid, FILE_MODE, mtime)
-        node.entry = entry
-        node.fileset_id = fs.id
-        node.size = entry.size
+        node.source = source
+        node.size = size
         self.touched.add(parent)
         return node
 

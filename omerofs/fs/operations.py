@@ -36,7 +36,7 @@ class ViewOperations(pyfuse3.Operations):
     # -- attributes, built in one place ----------------------------------------------
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        if node.entry is not None:
+        if node.source is not None:
             refresh_file_stat(node, self.managed_dir)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
@@ -44,7 +44,7 @@ class ViewOperations(pyfuse3.Operations):
         attr.st_nlink = 2 if node.is_dir else 1
         attr.st_uid = node.uid
         attr.st_gid = node.gid
-        attr.st_size = node.size if node.entry is not None else 4096
+        attr.st_size = node.size if node.source is not None else 4096
         attr.st_blksize = 1 << 20
         attr.st_blocks = (attr.st_size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
@@ -60,10 +60,12 @@ class ViewOperations(pyfuse3.Operations):
             async with self.lock:  # the catalog follower does not apply changes meanwhile
                 request = self.view.build_request(node)
                 if request is not None:
-                    filesets = await trio.to_thread.run_sync(
-                        self.view.loader, request[1], self.view.snapshot
-                    )
-                    self.view.build(request[0], filesets)
+                    exp_id, viewer = request
+                    chunks = self.view.loader(viewer, self.view.snapshot)
+                    first = await trio.to_thread.run_sync(next, chunks, [])
+                    self.view.build(exp_id, first)
+                    while chunk := await trio.to_thread.run_sync(next, chunks, []):
+                        self.view.extend(exp_id, chunk)  # between chunks, others are served
         return node
 
     # -- namespace -------------------------------------------------------------------
@@ -100,7 +102,7 @@ class ViewOperations(pyfuse3.Operations):
         directory = await self._dir(fh)
         for node in self.table.listing(directory, start_id):
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), self.attributes(node), node.seq
+                token, os.fsencode(node.name), self.attributes(node), node.inode
             ):
                 break
 
@@ -112,12 +114,12 @@ class ViewOperations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.table.get(inode)
-        if node.entry is None:
+        if node.source is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
-            fd = os.open(os.path.join(self.managed_dir, node.entry.repo_path), os.O_RDONLY)
+            fd = os.open(os.path.join(self.managed_dir, node.source), os.O_RDONLY)
         except OSError as exc:
             raise pyfuse3.FUSEError(errno.EIO if exc.errno == errno.ENOENT else exc.errno) from None
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a deeper readahead behind us

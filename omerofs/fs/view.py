@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from omerofs.catalog.protocol import Changes, Fileset, Snapshot
@@ -20,9 +20,15 @@ from omerofs.fs.layout import UserLayout
 from omerofs.identity import Viewer, make_viewer
 from omerofs.template import sanitize_name
 
-# (viewer, snapshot) -> the filesets up to snapshot.max_fileset_id the viewer may see
-# (a superset is fine: the layout applies can_see to each). Blocking: call it in a thread.
-FilesetLoader = Callable[[Viewer, Snapshot], list[Fileset]]
+# (viewer, snapshot) -> the filesets up to snapshot.max_fileset_id the viewer may see, in
+# chunks (a superset is fine: the layout applies can_see to each). Each chunk is one
+# blocking catalog query: take them in a thread.
+FilesetLoader = Callable[[Viewer, Snapshot], Iterator[list[Fileset]]]
+
+
+def fetch_all(loader: FilesetLoader, viewer: Viewer, snap: Snapshot) -> list[Fileset]:
+    return [fs for chunk in loader(viewer, snap) for fs in chunk]
+
 
 HOME_MODE = stat.S_IFDIR | 0o500
 _ADDITIVE = {
@@ -110,15 +116,22 @@ class RepositoryView:
         return exp_id, self.viewer_of(exp_id, self.snapshot)
 
     def build(self, exp_id: int, filesets: list[Fileset]) -> None:
-        """Build a user's subtree from the filesets the loader fetched for them."""
+        """Build a user's subtree from (the first chunk of) the filesets the loader
+        fetched for them; ``extend`` adds the following chunks."""
         if exp_id not in self._layouts and exp_id in self._homes:
             self._layouts[exp_id] = self._build(exp_id, self._homes[exp_id], filesets)
+
+    def extend(self, exp_id: int, filesets: list[Fileset]) -> None:
+        layout = self._layouts[exp_id]
+        for fs in filesets:
+            layout.add_fileset(fs)
+        layout.touched.clear()
 
     def materialize(self, node: Node) -> None:
         """Build a home's tree right here (blocking; the FUSE layer fetches in a thread)."""
         request = self.build_request(node)
         if request is not None:
-            self.build(request[0], self.loader(request[1], self.snapshot))
+            self.build(request[0], fetch_all(self.loader, request[1], self.snapshot))
 
     @staticmethod
     def viewer_of(exp_id: int, snap: Snapshot) -> Viewer:
@@ -193,7 +206,7 @@ class RepositoryView:
 
     def _merge(self, parent: Node, name: str, old: Node, inval: Invalidation) -> None:
         new = self.table.child(parent, name)
-        if new is None or new.is_dir != old.is_dir or new.entry != old.entry:
+        if new is None or new.is_dir != old.is_dir or new.source != old.source:
             inval.entries.append((parent.inode, name))
             return
         self.table.renumber(new, old.inode)

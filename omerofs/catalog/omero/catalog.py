@@ -17,6 +17,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import omero
@@ -73,11 +74,10 @@ class OmeroCatalog:
             lambda sf: records.rows(sf.getQueryService().projection(hql, params, ALL_GROUPS))
         )
 
-    def _paged(self, hql: str, params: Any = None) -> Iterator[list[Any]]:
+    def _paged(self, hql: str, params: Any = None, after: int = -1) -> Iterator[list[Any]]:
         """Rows of ``hql``, which selects an id first, filters ``x.id > :after`` and orders
         by that id: keyset paging, so a page costs the same deep into a big table."""
         params = params or omero.sys.ParametersI()
-        after = -1
         while True:
             params.addLong("after", after)
             params.page(0, self.settings.page_size)
@@ -234,10 +234,15 @@ class OmeroCatalog:
     )
 
     def filesets_for(
-        self, experimenter_id: int, groups: set[int] | None, max_id: int
+        self,
+        experimenter_id: int,
+        groups: set[int] | None,
+        max_id: int,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[Fileset]:
-        """Finished filesets up to ``max_id`` owned by the experimenter or in ``groups``
-        (None: all)."""
+        """Finished filesets with ``after`` < id <= ``max_id`` owned by the experimenter or
+        in ``groups`` (None: all), in id order; at most ``limit`` of them."""
         params = omero.sys.ParametersI()
         params.addLong("max", max_id)
         hql = self._FILESETS
@@ -245,7 +250,7 @@ class OmeroCatalog:
             params.addLong("uid", experimenter_id)
             params.add("gids", rlist([rlong(g) for g in sorted(groups) or [-1]]))
             hql += "and (fs.details.owner.id = :uid or fs.details.group.id in (:gids)) "
-        heads = list(self._paged(hql + "order by fs.id", params))
+        heads = list(islice(self._paged(hql + "order by fs.id", params, after), limit))
         return self._complete(heads)
 
     def fileset_by_prefix(self, prefix: str) -> Fileset | None:
