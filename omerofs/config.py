@@ -43,6 +43,10 @@ concurrency = 2
 # Readable user.omerofs.* xattrs (state, error). false: the kernel stops asking for
 # security.capability before every write, and small writes get ~10x faster.
 xattrs = true
+# Where written files wait for their import (default: staging/ beside this file). For
+# ln/ln_rm it must be on the ManagedRepository's filesystem (with an OMERO backend: the
+# filesystem the server's ManagedRepository is mounted from).
+# staging = "/data/omero/omerofs-staging"
 
 [view]
 # Seconds the kernel may cache names and attributes of the read-only view.
@@ -68,6 +72,7 @@ class RepoConfig:
     concurrency: int = 2
     ingest_xattrs: bool = True
     omero: OmeroSettings | None = None
+    ingest_staging: Path | None = None
 
     @property
     def catalog_path(self) -> Path:
@@ -82,9 +87,10 @@ class RepoConfig:
 
     @property
     def staging_dir(self) -> Path:
-        """Where the ingest mount keeps written files: inside the repository, on the
-        same filesystem as ManagedRepository, so ln/ln_rm imports never copy a byte."""
-        return self.root / "staging"
+        """Where the ingest mount keeps written files: by default inside the repository,
+        on the same filesystem as ManagedRepository, so ln/ln_rm imports never copy a
+        byte; ``[ingest] staging`` moves it (an OMERO server's repository is elsewhere)."""
+        return self.ingest_staging or self.root / "staging"
 
     @property
     def log_dir(self) -> Path:
@@ -150,6 +156,7 @@ def load_config(root: Path) -> RepoConfig:
         settle=float(ingest.get("settle", 5)),
         concurrency=int(ingest.get("concurrency", 2)),
         ingest_xattrs=bool(ingest.get("xattrs", True)),
+        ingest_staging=Path(str(ingest["staging"])) if ingest.get("staging") else None,
         omero=OmeroSettings.parse(data.get("omero", {}), path)
         if repo.get("backend") == "omero"
         else None,
@@ -160,6 +167,8 @@ def load_config(root: Path) -> RepoConfig:
     for mode in (config.transfer, config.ingest_transfer):
         if mode not in TRANSFER_MODES:
             raise UsageError(f"{path}: unknown transfer mode {mode!r}")
+    if config.ingest_staging is not None and not config.ingest_staging.is_absolute():
+        raise UsageError(f"{path}: [ingest] staging must be an absolute path")
     if config.settle < 0 or config.concurrency < 1:
         raise UsageError(f"{path}: [ingest] settle must be >= 0 and concurrency >= 1")
     if config.refresh_interval <= 0 or config.cache_timeout < 0:

@@ -278,3 +278,23 @@ def test_no_xattrs_mode_still_commits_and_reports(populated, mount_view, src) ->
     report = mp / "alice/nxbad.tif.import-error.txt"
     wait_for(report.exists, timeout=30, what="the error report")
     assert "unknown or unreadable" in report.read_text()
+
+
+def test_staging_elsewhere(populated, mount_view, src, tmpfs) -> None:
+    """``[ingest] staging`` puts written files on another filesystem (with an OMERO backend,
+    the one the server's repository lives on); imports and the rules stay the same."""
+    staging = tmpfs("staging-fs", "64m") / "omerofs-staging"
+    toml = populated.config.root / "omerofs.toml"
+    toml.write_text(
+        toml.read_text().replace("[ingest]\n", f'[ingest]\nstaging = "{staging}"\n', 1)
+    )
+    img = make_tiff(src / "elsewhere.tif")
+    mp = mount_view(populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "0.5"))
+    target = mp.mountpoint / "alice/Elsewhere/elsewhere.tif"
+    sh("alice", f"mkdir -p {target.parent} && cp {img} {target}")
+    assert (staging / "alice/Elsewhere/elsewhere.tif").exists()  # written there, not in REPO
+    assert not (populated.config.root / "staging/alice/Elsewhere").exists()
+    wait_state(target, "imported")
+    (fs,) = filesets_from(populated, "Elsewhere/elsewhere.tif")
+    assert fs.entries[0].hash == sha1_file(img)
+    assert oct(os.stat(staging / "alice").st_mode & 0o777) == "0o700"

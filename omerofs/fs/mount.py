@@ -223,7 +223,7 @@ def serve_ingest(
 def ensure_user_dirs(config: RepoConfig, catalog: Catalog) -> None:
     """``staging/<user>/``: owned by the user's uid, mode 0700: only they (and root) write."""
     staging = config.staging_dir
-    staging.mkdir(mode=0o755, exist_ok=True)
+    staging.mkdir(mode=0o755, parents=True, exist_ok=True)
     snap = catalog.snapshot_people()
     for exp in snap.experimenters.values():
         if exp.id == 0:
