@@ -22,7 +22,7 @@ class OmeroSettings:
     managed_dir: Path  # the server's ManagedRepository as mounted on this machine
     idmap: Path | None = None  # overrides of the name-based uid/gid mapping
     page_size: int = 5000  # rows per projection query
-    reconcile_interval: float = 600.0  # seconds between full re-reads of the catalog
+    reconcile_interval: float = 3600.0  # seconds between full re-reads of the catalog
     import_timeout: float = 3600.0  # seconds to wait for the server to finish an import
 
     @classmethod
@@ -39,7 +39,7 @@ class OmeroSettings:
             managed_dir=Path(str(need("managed_dir"))),
             idmap=Path(str(section["idmap"])) if section.get("idmap") else None,
             page_size=int(section.get("page_size", 5000)),
-            reconcile_interval=float(section.get("reconcile_interval", 600)),
+            reconcile_interval=float(section.get("reconcile_interval", 3600)),
             import_timeout=float(section.get("import_timeout", 3600)),
         )
         if not 0 < settings.port < 65536 or settings.page_size < 1:
