@@ -6,19 +6,32 @@ not run it a second time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from omerofs.ingest.paths import fileset_of
 from omerofs.ingest.service import IngestService
 from tests.conftest import make_tiff
 
 
+@contextmanager
+def importing(populated, transfer: str) -> Iterator[tuple[IngestService, object]]:
+    """A staged alice/cells.tif whose job is ``importing``, as a crash leaves it."""
+    make_tiff(populated.config.staging_dir / "alice" / "cells.tif")
+    key = fileset_of("alice/cells.tif")
+    service = IngestService(populated.config, populated.importer, transfer, 0)
+    try:
+        job = service.queue.enqueue(key, transfer, service.manifest(key))
+        service.queue.start(job.id)
+        yield service, job
+    finally:
+        service.close()
+
+
 def test_recovery_records_an_import_the_catalog_already_committed(populated) -> None:
     config = populated.config
-    staged = make_tiff(config.staging_dir / "alice" / "cells.tif")
-    key = fileset_of("alice/cells.tif")
-    service = IngestService(config, populated.importer, "cp", 0)
-    try:
-        job = service.queue.enqueue(key, "cp", service.manifest(key))
-        service.queue.start(job.id)
+    staged = config.staging_dir / "alice" / "cells.tif"
+    with importing(populated, "cp") as (service, job):
         fileset = populated.import_file(staged, "alice", mode="cp")  # committed remotely...
         service.queue.set_prefix(job.id, fileset.template_prefix)  # ...then the crash
         service.recover()
@@ -28,30 +41,22 @@ def test_recovery_records_an_import_the_catalog_already_committed(populated) -> 
         assert (config.managed_dir / fileset.entries[0].repo_path).exists()  # kept
         assert staged.exists()  # cp: the staged data stays, now read-only
         assert service.unsettled() == []  # and is not imported again
-    finally:
-        service.close()
 
 
 def test_a_job_handed_off_to_the_server_is_reported_not_rerun(populated) -> None:
     """Interrupted after verifyUpload: the server may still finish it. No rollback, no
     second import: the job fails with a report that says what to check."""
     config = populated.config
-    staged = make_tiff(config.staging_dir / "alice" / "cells.tif")
-    key = fileset_of("alice/cells.tif")
-    service = IngestService(config, populated.importer, "ln_rm", 0)
-    try:
-        job = service.queue.enqueue(key, "ln_rm", service.manifest(key))
-        service.queue.start(job.id)
+    staged = config.staging_dir / "alice" / "cells.tif"
+    with importing(populated, "ln_rm") as (service, job):
         service.queue.set_prefix(job.id, "alice_3/2026-11/25/10-00-00.000/")
         service.queue.hand_off(job.id)
         service.recover()
         job = service.queue.job(job.id)
         assert job.state == "failed" and "interrupted while the OMERO server" in job.error
         assert staged.exists()
-        report = config.staging_dir / key.error_report
+        report = config.staging_dir / job.key.error_report
         assert "setfattr -n user.omerofs.commit" in report.read_text()
-    finally:
-        service.close()
 
 
 def test_a_queue_from_before_hand_off_is_upgraded(world_dir) -> None:

@@ -138,8 +138,7 @@ LOAD_CHUNK = 20_000  # filesets per catalog query when a tree is built
 def fileset_loader(catalog: Catalog, chunk: int = LOAD_CHUNK) -> FilesetLoader:
     """Fetch only what a viewer may see: their own filesets and those of the groups in
     which ``can_see`` lets them see everybody's (all, for admins) — in chunks, so a tree
-    of a million filesets never holds them all at once (measured for an admin at 1M:
-    peak RSS 4.3 GiB -> see docs/performance.md)."""
+    of a million filesets never holds all their records at once (docs/performance.md)."""
 
     def load(viewer: Viewer, snap: Snapshot) -> Iterator[list[Fileset]]:
         levels = {g.id: g.level for g in snap.groups.values()}
