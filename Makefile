@@ -11,6 +11,7 @@ VIEW ?= mnt/view
 
 deps:
 	@bash tools/install-deps.sh $(VENV)
+	@bash tools/install-pyfuse3.sh $(VENV)
 	@bash tools/install-omero.sh $(VENV)
 
 run: deps

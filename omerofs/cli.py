@@ -165,11 +165,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from omerofs.fs import mount  # pyfuse3 is only needed by mounting commands
 
     config = load_config(_repo(args))
+    passthrough = config.view_passthrough and not args.no_passthrough
     if args.foreground:
         _setup_logging(config, True)
-        mount.serve_view(config, Path(args.mountpoint))
+        mount.serve_view(config, Path(args.mountpoint), passthrough)
         return 0
-    pid = mount.spawn_daemon(config, Path(args.mountpoint), ["mount"])
+    extra = ["mount", *([] if passthrough else ["--no-passthrough"])]
+    pid = mount.spawn_daemon(config, Path(args.mountpoint), extra)
     print(f"mounted the repository view at {os.path.abspath(args.mountpoint)} (daemon pid {pid})")
     return 0
 
@@ -181,12 +183,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     mode = args.transfer or config.ingest_transfer
     settle = config.settle if args.settle is None else args.settle
     concurrency = args.concurrency or config.concurrency
-    xattrs = config.ingest_xattrs and not args.no_xattrs
+    xattrs = config.ingest_xattrs if args.xattrs is None else args.xattrs
+    passthrough = config.ingest_passthrough and not args.no_passthrough
     if settle < 0 or concurrency < 1:
         raise UsageError("--settle must be >= 0 and --concurrency >= 1")
     if args.foreground:
         _setup_logging(config, True)
-        mount.serve_ingest(config, Path(args.mountpoint), mode, settle, concurrency, xattrs)
+        mount.serve_ingest(
+            config, Path(args.mountpoint), mode, settle, concurrency, xattrs, passthrough
+        )
         return 0
     extra = [
         "ingest",
@@ -196,7 +201,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         str(settle),
         "--concurrency",
         str(concurrency),
-        *([] if xattrs else ["--no-xattrs"]),
+        "--xattrs" if xattrs else "--no-xattrs",
+        *([] if passthrough else ["--no-passthrough"]),
     ]
     pid = mount.spawn_daemon(config, Path(args.mountpoint), extra)
     print(
@@ -439,6 +445,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------
 
 
+NO_PASSTHROUGH_HELP = "all reads and writes through the daemon (no kernel passthrough)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     repo = argparse.ArgumentParser(add_help=False)
     repo.add_argument(
@@ -504,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mount", parents=[repo], help="mount the read-only repository view")
     p.add_argument("mountpoint")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.add_argument("--no-passthrough", action="store_true", help=NO_PASSTHROUGH_HELP)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("ingest", parents=[repo], help="mount the writable ingest area")
@@ -515,11 +525,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settle", type=float, help="seconds a closed fileset must stay unchanged")
     p.add_argument("--concurrency", type=int, help="imports running at once")
-    p.add_argument(
-        "--no-xattrs",
+    xattrs = p.add_mutually_exclusive_group()
+    xattrs.add_argument(
+        "--xattrs",
         action="store_true",
-        help="no readable xattrs (state): ~10x faster small writes; see docs/ingest.md",
+        default=None,
+        help="readable state xattrs (user.omerofs.*): every write(2) then costs a round trip",
     )
+    xattrs.add_argument(
+        "--no-xattrs",
+        dest="xattrs",
+        action="store_false",
+        default=None,
+        help="no readable xattrs (the default)",
+    )
+    p.add_argument("--no-passthrough", action="store_true", help=NO_PASSTHROUGH_HELP)
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.set_defaults(func=cmd_ingest)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from omerofs.ingest.transfer import sha1_file
 from tests.conftest import MountedView, Repo, make_tiff, needs_fuse, needs_root, wait_for
 from tests.test_ingest_mount import sh
@@ -12,7 +14,8 @@ from tests.test_ingest_mount import sh
 pytestmark = [needs_fuse, needs_root]
 
 
-def test_enospc_reaches_the_writer_and_harms_nothing(world_dir, tmpfs) -> None:
+@pytest.mark.parametrize("extra", [(), ("--no-passthrough",)], ids=["passthrough", "daemon"])
+def test_enospc_reaches_the_writer_and_harms_nothing(world_dir, tmpfs, extra) -> None:
     small = tmpfs("small", size="48m")
     repo = Repo(small / "repo").populate()
     src = world_dir / "src"
@@ -21,7 +24,9 @@ def test_enospc_reaches_the_writer_and_harms_nothing(world_dir, tmpfs) -> None:
     staged = make_tiff(src / "staged.tif", shape=(2, 128, 128), dtype="uint8", seed=3)
     mp = world_dir / "ingest"
     mp.mkdir()
-    mounted = MountedView(repo.config.root, mp, ("ingest", "--transfer", "cp", "--settle", "0.3"))
+    mounted = MountedView(
+        repo.config.root, mp, ("ingest", "--transfer", "cp", "--settle", "0.3", *extra)
+    )
     try:
         sh("alice", f"cp {keep} {mp}/alice/keep.tif")
         wait_for(lambda: repo.catalog.snapshot().filesets, timeout=30, what="the first import")

@@ -53,7 +53,9 @@ def filesets_from(repo, client_suffix: str) -> list:
 def ingest(populated, mount_view, world_dir):
     def start(transfer: str = "ln", settle: float = 0.5, name: str = "ingest"):
         mounted = mount_view(
-            populated, name, ("ingest", "--transfer", transfer, "--settle", str(settle))
+            populated,
+            name,
+            ("ingest", "--transfer", transfer, "--settle", str(settle), "--xattrs"),
         )
         return mounted.mountpoint
 
@@ -256,14 +258,14 @@ def test_slow_temp_file_holds_its_directory_fileset_open(populated, ingest, src)
     assert len(populated.catalog.snapshot().filesets) == 1
 
 
-def test_no_xattrs_mode_still_commits_and_reports(populated, mount_view, src) -> None:
-    """--no-xattrs: state is not readable as xattrs (the kernel stops asking before every
+def test_default_no_xattrs_still_commits_and_reports(populated, mount_view, src) -> None:
+    """By default state is not readable as xattrs (so the kernel stops asking before every
     write), but the commit action and the error report still work."""
     img = make_tiff(src / "nx.tif")
     bad = src / "nxbad.tif"
     bad.write_bytes(b"garbage")
     mp = mount_view(
-        populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "3600", "--no-xattrs")
+        populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "3600")
     ).mountpoint
     sh("alice", f"cp {img} {mp}/alice/nx.tif && cp {bad} {mp}/alice/nxbad.tif")
     with pytest.raises(OSError):
@@ -285,11 +287,11 @@ def test_staging_elsewhere(populated, mount_view, src, tmpfs) -> None:
     the one the server's repository lives on); imports and the rules stay the same."""
     staging = tmpfs("staging-fs", "64m") / "omerofs-staging"
     toml = populated.config.root / "omerofs.toml"
-    toml.write_text(
-        toml.read_text().replace("[ingest]\n", f'[ingest]\nstaging = "{staging}"\n', 1)
-    )
+    toml.write_text(toml.read_text().replace("[ingest]\n", f'[ingest]\nstaging = "{staging}"\n', 1))
     img = make_tiff(src / "elsewhere.tif")
-    mp = mount_view(populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "0.5"))
+    mp = mount_view(
+        populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "0.5", "--xattrs")
+    )
     target = mp.mountpoint / "alice/Elsewhere/elsewhere.tif"
     sh("alice", f"mkdir -p {target.parent} && cp {img} {target}")
     assert (staging / "alice/Elsewhere/elsewhere.tif").exists()  # written there, not in REPO

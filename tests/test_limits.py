@@ -10,6 +10,8 @@ import sqlite3
 import subprocess
 import threading
 
+import pytest
+
 from omerofs.ingest.transfer import sha1_file
 from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, wait_for
 
@@ -47,7 +49,8 @@ def test_more_files_than_the_open_files_limit(populated, mount_view, world_dir) 
     assert view.proc.poll() is None and ingest.proc.poll() is None
 
 
-def test_sixteen_writers_and_readers_at_once(populated, mount_view, world_dir) -> None:
+@pytest.mark.parametrize("extra", [(), ("--no-passthrough",)], ids=["passthrough", "daemon"])
+def test_sixteen_writers_and_readers_at_once(populated, mount_view, world_dir, extra) -> None:
     src = world_dir / "src"
     src.mkdir()
     images = [
@@ -56,8 +59,10 @@ def test_sixteen_writers_and_readers_at_once(populated, mount_view, world_dir) -
     ]
     for img in images[:4]:
         populated.import_file(img, "bob", "ro", "cp")
-    view = mount_view(populated, "view")
-    ingest = mount_view(populated, "ingest", ("ingest", "--settle", "0.5", "--transfer", "cp"))
+    view = mount_view(populated, "view", ("mount", *extra))
+    ingest = mount_view(
+        populated, "ingest", ("ingest", "--settle", "0.5", "--transfer", "cp", *extra)
+    )
     target = ingest.mountpoint / "alice/P/D"
     subprocess.run(as_user(3001, ["mkdir", "-p", str(target)]), check=True)
     writers = [

@@ -13,19 +13,8 @@ py="$venv/bin/python"
 ice_version=3.6.5
 omero_version=5.23.0
 cache=${OMEROFS_WHEEL_CACHE:-$HOME/.cache/omerofs/wheels}
-
-quiet() {  # run pip, hiding its notes about the machine's unreachable local indexes;
-  # three attempts: a registry hiccup must not fail every later `make test`
-  local attempt status
-  for attempt in 1 2 3; do
-    status=0
-    "$@" 2> >(grep -v '^WARNING: Location' >&2) || status=$?
-    [ "$status" -eq 0 ] && return 0
-    echo "omerofs: attempt $attempt of: ${*:1:4} ... failed ($status)" >&2
-    sleep $((attempt * 5))
-  done
-  return "$status"
-}
+# shellcheck source=tools/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 installed=$("$py" -m pip show omero-py 2>/dev/null || true)
 if [[ "$installed" == *"Version: $omero_version"* ]] \
@@ -71,11 +60,7 @@ if [ -z "$wheel" ]; then
     echo "omerofs: building zeroc-ice failed (full log above, last 30 lines)" >&2
     exit 1
   fi
-  built=$(ls "$work"/dist/zeroc_ice-*.whl)
-  # Write under a temporary name first: an interrupted copy must not look like a wheel.
-  cp "$built" "$cache/.partial.whl"
-  mv "$cache/.partial.whl" "$cache/$(basename "$built")"
-  wheel="$cache/$(basename "$built")"
+  wheel=$(cache_wheel "$(ls "$work"/dist/zeroc_ice-*.whl)" "$cache")
 fi
 quiet "$py" -m pip install -q --disable-pip-version-check "$wheel"
 quiet "$py" -m pip install -q --disable-pip-version-check "omero-py==$omero_version"

@@ -1,9 +1,11 @@
 """pyfuse3 handlers of the writable ingest mount: a passthrough to the staging directory.
 
 Handlers translate; the ingest service decides (what may change, when a fileset is
-closed). Data goes straight to the staging file with ``pwrite`` on the loop thread (the
-kernel's writeback cache merges small writes into big requests), and every error a write
-or fsync meets reaches the writer through ``write``, ``flush`` or ``fsync``.
+closed). Where the kernel allows it (fs/passthrough.py), an opened file is handed to the
+kernel, which writes and reads the staging file itself, errors (ENOSPC) included.
+Otherwise data goes to the staging file with ``pwrite`` on the loop thread (the kernel's
+writeback cache merges small writes into big requests), and every error a write or fsync
+meets reaches the writer through ``write``, ``flush`` or ``fsync``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import trio
 
 from omerofs.errors import OmerofsError
 from omerofs.fs.common import fuse_errors, statfs_of
+from omerofs.fs.passthrough import Backings, file_info
 from omerofs.fs.staging import StagedNode, StagedTree
 from omerofs.ingest.paths import GROUP_PREFIX, group_dir_name
 from omerofs.ingest.service import IngestService
@@ -46,6 +49,8 @@ class Handle:
 
 
 class IngestOperations(pyfuse3.Operations):
+    # Asked for always; when the kernel grants passthrough it goes without (the kernel
+    # refuses the two together, and passthrough files use the staging fs's own cache).
     enable_writeback_cache = True
 
     def __init__(
@@ -53,9 +58,11 @@ class IngestOperations(pyfuse3.Operations):
         service: IngestService,
         staging: Path,
         is_member: Callable[[str, str], bool],
-        readable_xattrs: bool = True,
+        readable_xattrs: bool = False,
+        passthrough: bool = False,
     ) -> None:
         super().__init__()
+        self.backings = Backings(passthrough)
         # False: getxattr/listxattr answer ENOSYS, so the kernel stops asking for
         # security.capability before every write(2): small writes get ~10x faster, and
         # state is read from the error report and `omerofs status` instead of xattrs.
@@ -337,7 +344,7 @@ class IngestOperations(pyfuse3.Operations):
         self._handles[fd] = handle
         if writable:
             self.service.opened(handle.rel)
-        return pyfuse3.FileInfo(fh=fd)
+        return file_info(fd, self.backings.attach(node.inode, fd))
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -405,8 +412,10 @@ class IngestOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         os.close(fh)
-        if handle is not None and handle.writable:
-            self.service.released(handle.rel)
+        if handle is not None:
+            self.backings.detach(handle.node.inode)
+            if handle.writable:
+                self.service.released(handle.rel)
 
     # -- directories -----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -27,9 +28,13 @@ from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
 from omerofs.config import RepoConfig
 from omerofs.errors import CatalogUnavailable, MountError, UsageError
 from omerofs.fs.operations import ViewOperations
+from omerofs.fs.passthrough import Backings
 from omerofs.fs.view import FilesetLoader, Invalidation, RepositoryView, fetch_all
 from omerofs.identity import Viewer, fully_visible_groups
 from omerofs.template import expand_root_depth
+
+if TYPE_CHECKING:
+    from omerofs.fs.ingest_ops import IngestOperations
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +124,10 @@ def set_read_ahead(mountpoint: Path, kib: int) -> None:
 
 
 async def _tune_after_init(
-    mountpoint: Path, read_ahead_kb: int, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    mountpoint: Path,
+    read_ahead_kb: int,
+    backings: Backings,
+    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A stat of our own root returns only after FUSE_INIT is done (requests wait for
     it); only then does a raised readahead survive."""
@@ -127,6 +135,7 @@ async def _tune_after_init(
     await trio.to_thread.run_sync(os.stat, mountpoint)
     await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kb)
     log.info("read_ahead_kb of %s set to %d", mountpoint, read_ahead_kb)
+    log.info("kernel passthrough: %s", backings.describe())
 
 
 # -- the daemon --------------------------------------------------------------------------
@@ -162,7 +171,7 @@ def fileset_loader(catalog: Catalog, chunk: int = LOAD_CHUNK) -> FilesetLoader:
     return load
 
 
-def serve_view(config: RepoConfig, mountpoint: Path) -> None:
+def serve_view(config: RepoConfig, mountpoint: Path, passthrough: bool = True) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
     backend = open_backend(config)
@@ -171,7 +180,7 @@ def serve_view(config: RepoConfig, mountpoint: Path) -> None:
         view = RepositoryView(
             catalog.snapshot_people(), expand_root_depth(config.template), fileset_loader(catalog)
         )
-        ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout)
+        ops = ViewOperations(view, str(config.managed_dir), config.cache_timeout, passthrough)
 
         async def follow(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
@@ -188,7 +197,8 @@ def serve_ingest(
     transfer_mode: str,
     settle: float,
     concurrency: int,
-    readable_xattrs: bool = True,
+    readable_xattrs: bool = False,
+    passthrough: bool = True,
 ) -> None:
     """Mount the writable ingest area and serve it until unmounted or signalled."""
     from omerofs.fs.ingest_ops import IngestOperations
@@ -201,7 +211,9 @@ def serve_ingest(
     try:
         service.recover()
         ensure_user_dirs(config, catalog)
-        ops = IngestOperations(service, config.staging_dir, catalog.is_member, readable_xattrs)
+        ops = IngestOperations(
+            service, config.staging_dir, catalog.is_member, readable_xattrs, passthrough
+        )
 
         async def follow_users(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
             task_status.started()
@@ -239,7 +251,7 @@ def ensure_user_dirs(config: RepoConfig, catalog: Catalog) -> None:
 
 
 def _serve(
-    ops: pyfuse3.Operations,
+    ops: ViewOperations | IngestOperations,
     mountpoint: Path,
     extra_options: set[str],
     read_ahead_kb: int,
@@ -257,11 +269,14 @@ def _serve(
         }
     )
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    pyfuse3.init(ops, str(mountpoint), options)
+    if ops.backings.wanted and os.geteuid() == 0:  # registering backing files needs root
+        pyfuse3.init(ops, str(mountpoint), options, passthrough=True)
+    else:
+        pyfuse3.init(ops, str(mountpoint), options)
     clean = False
     try:
         log.info("%s mounted at %s (pid %d)", kind, mountpoint, os.getpid())
-        tune = partial(_tune_after_init, mountpoint, read_ahead_kb)
+        tune = partial(_tune_after_init, mountpoint, read_ahead_kb, ops.backings)
         trio.run(_main, [tune, *tasks])
         clean = True
     finally:

@@ -1,8 +1,9 @@
 """pyfuse3 handlers of the read-only view. They translate; the view decides.
 
-Reads go straight to the original in ManagedRepository with ``os.pread`` on the loop
-thread (page-cache reads are cheaper inline than through a worker thread), with
-``keep_cache`` and long timeouts so the kernel serves repeats itself.
+Where the kernel allows it (fs/passthrough.py), an opened original is handed to the
+kernel, which then reads it without the daemon. Otherwise reads go to the original
+with ``os.pread`` on the loop thread (page-cache reads are cheaper inline than through
+a worker thread), with ``keep_cache`` and long timeouts so the kernel serves repeats.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import trio
 
 from omerofs.fs.common import fuse_errors, statfs_of
 from omerofs.fs.inodes import Node, refresh_file_stat
+from omerofs.fs.passthrough import Backings, file_info
 from omerofs.fs.view import RepositoryView
 
 
@@ -25,8 +27,16 @@ async def read_only(*_args: Any, **_kwargs: Any) -> Any:
 
 
 class ViewOperations(pyfuse3.Operations):
-    def __init__(self, view: RepositoryView, managed_dir: str, cache_timeout: float) -> None:
+    def __init__(
+        self,
+        view: RepositoryView,
+        managed_dir: str,
+        cache_timeout: float,
+        passthrough: bool = False,
+    ) -> None:
         super().__init__()
+        self.backings = Backings(passthrough)
+        self._open: dict[int, int] = {}  # fd -> inode
         self.view = view
         self.table = view.table
         self.managed_dir = managed_dir
@@ -122,13 +132,17 @@ class ViewOperations(pyfuse3.Operations):
             fd = os.open(os.path.join(self.managed_dir, node.source), os.O_RDONLY)
         except OSError as exc:
             raise pyfuse3.FUSEError(errno.EIO if exc.errno == errno.ENOENT else exc.errno) from None
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a deeper readahead behind us
-        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+        self._open[fd] = inode
+        backing_id = self.backings.attach(inode, fd)
+        if not backing_id:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # deeper readahead behind us
+        return file_info(fd, backing_id)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(fh, size, off)
 
     async def release(self, fh: int) -> None:
+        self.backings.detach(self._open.pop(fh))
         os.close(fh)
 
     async def flush(self, fh: int) -> None:
