@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -164,3 +165,73 @@ def test_kill_during_import(populated, world_dir, transfer) -> None:
     assert staged.exists() == (not transfer.endswith("_rm"))
     _managed_is_clean(populated)
     time.sleep(0)  # (no fixed sleeps: every wait above is on a condition)
+
+
+WRITER = """
+import os, sys, time
+data, target, step = open(sys.argv[1], "rb").read(), sys.argv[2], sys.argv[3]
+f = open(target, "wb", buffering=0)
+f.write(data[: len(data) // 2])
+open(step + ".half", "w").close()
+while not os.path.exists(step + ".go"):
+    time.sleep(0.02)
+f.write(data[len(data) // 2 :])  # the kernel writes it into staging itself
+try:
+    f.close()
+except OSError as exc:  # its FLUSH finds no daemon: ENOTCONN, but the data is written
+    print(exc.errno)
+open(step + ".done", "w").close()
+"""
+
+
+def test_a_writer_that_outlives_the_daemon(populated, world_dir) -> None:
+    """With kernel passthrough a handle opened before kill -9 keeps writing into staging.
+    The restarted daemon never saw it opened, yet must not import (and with ln_rm
+    unlink) the file until that writer closes it."""
+    img = make_tiff(world_dir / "src" / "long.tif", shape=(8, 256, 256), seed=7)
+    steps = world_dir / "steps"  # the writer (alice) and the test talk through files
+    steps.mkdir()
+    steps.chmod(0o777)
+    step = steps / "step"
+    script = world_dir / "writer.py"
+    script.write_text(WRITER)
+    mp = world_dir / "ingest"
+    mp.mkdir()
+    mounted = _start(populated, mp, "ln_rm", settle=0.3)
+    target = mp / "alice/P/D/long.tif"
+    writer = None
+    try:
+        if "kernel passthrough: on" not in mounted.log.read_text():
+            wait_for(lambda: "kernel passthrough: " in mounted.log.read_text(), what="the log")
+            if "kernel passthrough: on" not in mounted.log.read_text():
+                pytest.skip("no kernel passthrough here: writes cannot outlive the daemon")
+        subprocess.run(as_user(3001, ["mkdir", "-p", str(target.parent)]), check=True)
+        writer = subprocess.Popen(
+            as_user(3001, [sys.executable, str(script), str(img), str(target), str(step)])
+        )
+        wait_for(lambda: os.path.exists(f"{step}.half"), what="the first half written")
+        _kill(mounted)
+        mounted = _start(populated, mp, "ln_rm", settle=0.3)
+        wait_for(
+            lambda: (
+                "still open for writing by a process the mount does not know"
+                in mounted.log.read_text()
+            ),
+            timeout=30,
+            what="the restarted daemon to notice the unknown writer",
+        )
+        assert not _imports_by_client_path(populated)  # not imported half written
+        open(f"{step}.go", "w").close()
+        assert writer.wait(timeout=30) == 0
+        wait_for(
+            lambda: _imports_by_client_path(populated), timeout=30, what="the import after close"
+        )
+        (fs,) = populated.catalog.snapshot().filesets.values()
+        managed = populated.config.managed_dir / fs.entries[0].repo_path
+        assert sha1_file(managed) == sha1_file(img) == fs.entries[0].hash
+        wait_for(lambda: not (populated.config.staging_dir / "alice/P/D/long.tif").exists())
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        mounted.close()

@@ -203,11 +203,13 @@ def serve_ingest(
     """Mount the writable ingest area and serve it until unmounted or signalled."""
     from omerofs.fs.ingest_ops import IngestOperations
     from omerofs.ingest.service import IngestService
+    from omerofs.ingest.writers import ignore_lease_breaks
 
     mountpoint = prepare_mountpoint(mountpoint)
     backend = open_backend(config)
     catalog = backend.catalog
     service = IngestService(config, backend.importer, transfer_mode, settle, concurrency)
+    ignore_lease_breaks()
     try:
         service.recover()
         ensure_user_dirs(config, catalog)

@@ -36,6 +36,7 @@ from omerofs.ingest.paths import (
 )
 from omerofs.ingest.queue import Job, JobQueue, Manifest
 from omerofs.ingest.tracker import CloseTracker
+from omerofs.ingest.writers import open_for_writing
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the queue
@@ -70,6 +71,7 @@ class IngestService:
         self._frozen_roots: SortedSet = SortedSet()
         self._importing: SortedSet = SortedSet()
         self._explicit: set[FilesetKey] = set()
+        self._unknown_writers: set[str] = set()  # roots logged as written by unknown handles
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         # set by the FUSE layer: tells the kernel that these staged paths changed on disk
@@ -168,6 +170,11 @@ class IngestService:
         manifest = await trio.to_thread.run_sync(self.manifest, key)
         if not manifest:
             return
+        if await trio.to_thread.run_sync(self._still_written, key, manifest):
+            if explicit:
+                self._explicit.add(key)
+            self._settle_again(key)
+            return
         latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
         if latest is not None and same_files(latest.manifest, manifest):
             if latest.state == "queued":
@@ -213,15 +220,38 @@ class IngestService:
             current = await trio.to_thread.run_sync(self.manifest, key)
             if not same_files(current, job.manifest):
                 await trio.to_thread.run_sync(self.queue.supersede, job.id)
-                self.tracker.changed(key, trio.current_time())
-                self._poke()
+                self._settle_again(key)
                 return
-            self._importing.add(key.root)
+            self._importing.add(key.root)  # no new handle from here on (EBUSY)
             try:
+                if await trio.to_thread.run_sync(self._still_written, key, current):
+                    await trio.to_thread.run_sync(self.queue.supersede, job.id)
+                    self._settle_again(key)
+                    return
                 outcome = await trio.to_thread.run_sync(self._import_job, job)
             finally:
                 self._importing.discard(key.root)
             self._after(job, outcome)
+
+    def _settle_again(self, key: FilesetKey) -> None:
+        self.tracker.changed(key, trio.current_time())
+        self._poke()
+
+    def _still_written(self, key: FilesetKey, manifest: Manifest) -> bool:
+        """Is a file of the fileset open for writing through a handle the tracker does
+        not count (opened before a daemon restart: see ingest/writers.py)?"""
+        busy = next((p for p in manifest if open_for_writing(self.staging / p)), None)
+        if busy is None:
+            self._unknown_writers.discard(key.root)
+            return False
+        if key.root not in self._unknown_writers:  # once per fileset, not per settle time
+            self._unknown_writers.add(key.root)
+            log.warning(
+                "%s is still open for writing by a process the mount does not know "
+                "(opened before the daemon restarted?); importing once it is closed",
+                busy,
+            )
+        return True
 
     def _import_job(self, job: Job) -> tuple[int | None, list[str], str | None]:
         """Runs in a worker thread: the import itself. Returns (fileset, removed, error)."""
