@@ -1,6 +1,5 @@
 """The view's tree without FUSE: who sees what, where, under which names and ids."""
 
-from omerofs.fs.inodes import walk
 from omerofs.fs.layout import suffixed
 from omerofs.fs.mount import fileset_loader
 from omerofs.fs.view import RepositoryView, fetch_all
@@ -10,7 +9,7 @@ from tests.conftest import make_tiff
 def _paths(view: RepositoryView, user: str) -> set[str]:
     home = view.table.child(view.table.root, user)
     view.materialize(home)
-    return {n.path() for n in walk(home) if n.source is not None}
+    return {n.path() for n in view.table.traverse(home) if n.source is not None}
 
 
 def _view(repo) -> RepositoryView:
@@ -90,8 +89,8 @@ def test_different_users_get_different_inodes(populated, world_dir) -> None:
     view = _view(populated)
     view.materialize(view.table.child(view.table.root, "alice"))
     view.materialize(view.table.child(view.table.root, "bob"))
-    a = {n.inode for n in walk(view.table.child(view.table.root, "alice"))}
-    b = {n.inode for n in walk(view.table.child(view.table.root, "bob"))}
+    a = {n.inode for n in view.table.traverse(view.table.child(view.table.root, "alice"))}
+    b = {n.inode for n in view.table.traverse(view.table.child(view.table.root, "bob"))}
     assert a and b and not a & b
 
 
@@ -157,10 +156,14 @@ def test_membership_change_rebuilds_one_user_keeping_inodes(populated, world_dir
     _files(populated, world_dir)
     live = _view(populated)
     _paths(live, "carol")
-    before = {n.path(): n.inode for n in walk(live.table.child(live.table.root, "carol"))}
+    before = {
+        n.path(): n.inode for n in live.table.traverse(live.table.child(live.table.root, "carol"))
+    }
     populated.catalog.add_member("rw", "carol")
     _follow(live, populated.catalog)
-    after = {n.path(): n.inode for n in walk(live.table.child(live.table.root, "carol"))}
+    after = {
+        n.path(): n.inode for n in live.table.traverse(live.table.child(live.table.root, "carol"))
+    }
     assert "/carol/Groups/rw/Projects/P-rw/D/alice-rw.tif" in after
     assert all(after[p] == ino for p, ino in before.items())  # surviving paths keep inodes
 
@@ -190,5 +193,67 @@ def test_a_tree_loaded_in_chunks_is_the_same_tree(populated, world_dir) -> None:
         chunked.build(exp_id, next(chunks, []))
         for chunk in chunks:
             chunked.extend(exp_id, chunk)
-        built = {n.path() for n in walk(home) if n.source is not None}
+        built = {n.path() for n in chunked.table.traverse(home) if n.source is not None}
         assert built == _paths(whole, user), user
+
+
+def test_fileset_directories_make_their_nodes_when_looked_into(populated, world_dir) -> None:
+    """A fileset's own directory keeps its files as a pending tuple (no nodes, no inode
+    numbers) until it is looked up or listed; then it shows exactly what it held."""
+    fs = _files(populated, world_dir)["alice-ro"]
+    run = world_dir / "run"
+    (run / "sub").mkdir(parents=True)
+    make_tiff(run / "main.tif")
+    (run / "sub" / "notes.txt").write_text("n")
+    multi = populated.import_file(run, "alice", "ro", "ln")
+    view = _view(populated)
+    table = view.table
+    home = table.child(table.root, "carol")
+    view.materialize(home)
+    day = table.child(table.child(home, "ManagedRepository"), "alice_2")
+    for part in fs.template_prefix.rstrip("/").split("/")[1:-1]:
+        day = table.child(day, part)
+    time_dir = day.children[fs.template_prefix.rstrip("/").rsplit("/", 1)[1]]
+    assert time_dir.pending is not None and time_dir.children is None and time_dir.is_dir
+    count = len(table)
+    assert table.holds(time_dir, "alice-ro.tif") and not table.holds(time_dir, "x.tif")
+    assert time_dir.pending is not None and len(table) == count  # asking made no nodes
+    carol = next(e for e in view.snapshot.experimenters.values() if e.name == "carol")
+    view.extend(carol.id, [fs])  # a catalog reporting it twice
+    assert time_dir.pending is not None and len(table) == count
+    node = table.child(time_dir, "alice-ro.tif")
+    assert time_dir.pending is None and len(table) == count + 1
+    assert (node.source, node.size, node.uid, node.gid) == (
+        fs.entries[0].repo_path,
+        fs.entries[0].size,
+        3001,
+        71002,
+    )
+    assert node.inode > time_dir.inode and [n.name for n in table.listing(time_dir, 0)] == [
+        "alice-ro.tif"
+    ]
+    # a multi-file fileset in the named tree: a pending directory with a subdirectory
+    paths = _paths(view, "carol")
+    top = multi.template_prefix
+    assert f"/carol/ManagedRepository/{top}run/sub/notes.txt" in paths
+    assert "/carol/Groups/ro/Orphans/run/sub/notes.txt" in paths
+    assert "/carol/Groups/ro/Orphans/run/main.tif" in paths
+
+
+def test_deferred_files_keep_their_owner_under_root_owned_directories(populated, world_dir):
+    """With every template directory root's (``//`` at the end), the files still belong
+    to the fileset's owner: the pending tuple carries their ids."""
+    fs = _files(populated, world_dir)["alice-ro"]
+    parts = fs.template_prefix.rstrip("/").split("/")
+    view = RepositoryView(
+        populated.catalog.snapshot_people(), len(parts), fileset_loader(populated.catalog)
+    )
+    home = view.table.child(view.table.root, "carol")
+    view.materialize(home)
+    node = view.table.child(view.table.child(home, "ManagedRepository"), parts[0])
+    for part in parts[1:]:
+        assert node.uid == 0
+        node = view.table.child(node, part)
+    assert node.uid == 0 and isinstance(node.pending[1], int)  # ids stored explicitly
+    leaf = view.table.child(node, "alice-ro.tif")
+    assert (leaf.uid, leaf.gid, leaf.mtime_ns) == (3001, 71002, int(fs.created * 1e9))

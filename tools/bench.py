@@ -181,7 +181,7 @@ class Bench:
         self.results: list[Result] = []
         # cold reads of the big file vary most (the virtual disk gives ~1.1 or ~2.5 GB/s
         # from one read to the next): more repeats for a stable median
-        self.cold_repeat = max(5, repeat)
+        self.cold_repeat = max(9, repeat)
         self.cpu: list[str] = []
 
     def alternate(

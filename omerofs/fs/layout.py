@@ -14,7 +14,7 @@ keeps the plain name, a later one with the same name gets ``~<id>`` (containers)
 from __future__ import annotations
 
 from omerofs.catalog.protocol import Container, Fileset, Snapshot
-from omerofs.fs.inodes import DIR_MODE, FILE_MODE, InodeTable, Node
+from omerofs.fs.inodes import DIR_MODE, InodeTable, Node
 from omerofs.identity import Viewer, can_see
 from omerofs.template import sanitize_name
 
@@ -127,7 +127,7 @@ class UserLayout:
         if node is None or not node.is_dir:
             return False
         main = fs.entries[0].repo_path[len(fs.template_prefix) :].split("/", 1)[0]
-        return self.table.child(node, main) is not None
+        return self.table.holds(node, main)
 
     def _place_named(
         self, target: Node, fs: Fileset, sources: list[str], uid: int, gid: int, mtime: int
@@ -158,8 +158,13 @@ class UserLayout:
         mtime: int,
         strip: str = "",
     ) -> None:
+        cut = len(fs.template_prefix) + len(strip)
+        if directory.children == {} and directory.pending is None:  # new: fill it lazily
+            files = [(source, e.size) for e, source in zip(fs.entries, sources, strict=True)]
+            self.table.defer_files(directory, cut, files, uid, gid, mtime)
+            return
         for entry, source in zip(fs.entries, sources, strict=True):
-            rel = source[len(fs.template_prefix) + len(strip) :]
+            rel = source[cut:]
             *dirs, name = rel.split("/")
             parent = directory
             for part in dirs:
@@ -170,9 +175,7 @@ class UserLayout:
     def _file(
         self, parent: Node, name: str, source: str, size: int, uid: int, gid: int, mtime: int
     ) -> Node:
-        node = self.table.add(parent, name, uid, gid, FILE_MODE, mtime)
-        node.source = source
-        node.size = size
+        node = self.table.add_file(parent, name, source, size, uid, gid, mtime)
         self.touched.add(parent)
         return node
 
