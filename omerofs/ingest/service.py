@@ -3,8 +3,8 @@
 The FUSE layer tells the service what happens to staged paths (open, release, change,
 commit) and asks it whether a path may still change. The service decides when a fileset
 is closed, persists a job, imports it off the trio loop with bounded concurrency, and
-reports the outcome where the user looks: xattrs and an error report in the mount,
-``omerofs status``, and the log.
+reports the outcome where the user looks: an error report in the mount (and xattrs with
+``--xattrs``), ``omerofs status``, and the log.
 """
 
 from __future__ import annotations
