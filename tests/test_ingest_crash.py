@@ -14,6 +14,7 @@ import pytest
 from omerofs.ingest.queue import JobQueue
 from omerofs.ingest.transfer import sha1_file
 from tests.conftest import MountedView, as_user, make_tiff, needs_fuse, needs_root, wait_for
+from tests.test_passthrough import passthrough_state
 
 pytestmark = [needs_fuse, needs_root]
 
@@ -201,10 +202,7 @@ def test_a_writer_that_outlives_the_daemon(populated, world_dir) -> None:
     target = mp / "alice/P/D/long.tif"
     writer = None
     try:
-        if "kernel passthrough: on" not in mounted.log.read_text():
-            wait_for(lambda: "kernel passthrough: " in mounted.log.read_text(), what="the log")
-            if "kernel passthrough: on" not in mounted.log.read_text():
-                pytest.skip("no kernel passthrough here: writes cannot outlive the daemon")
+        assert passthrough_state(mounted) == "on"  # (skips where the kernel lacks it)
         subprocess.run(as_user(3001, ["mkdir", "-p", str(target.parent)]), check=True)
         writer = subprocess.Popen(
             as_user(3001, [sys.executable, str(script), str(img), str(target), str(step)])

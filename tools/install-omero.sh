@@ -33,7 +33,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+tag=$(python_tag "$py")
 mkdir -p "$cache"
 wheel=$(ls "$cache"/zeroc_ice-$ice_version-$tag-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then

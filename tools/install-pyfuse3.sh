@@ -22,7 +22,7 @@ if [ -f "$marker" ] && "$py" -c "import pyfuse3; pyfuse3.backing_open" 2>/dev/nu
 fi
 
 cache="${OMEROFS_WHEEL_CACHE:-$HOME/.cache/omerofs/wheels}/pyfuse3-passthrough-$key"
-tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+tag=$(python_tag "$py")
 wheel=$(ls "$cache"/pyfuse3-$version-$tag-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then
   work=$(mktemp -d)

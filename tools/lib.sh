@@ -13,6 +13,10 @@ quiet() {  # run pip, hiding its notes about the machine's unreachable local ind
   return "$status"
 }
 
+python_tag() {  # python_tag PYTHON: the wheel tag of that interpreter, e.g. cp311
+  "$1" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")'
+}
+
 cache_wheel() {  # cache_wheel BUILT_WHEEL DIR: copy into the cache, print the cached path.
   # Written under a temporary name first: an interrupted copy must not look like a wheel.
   mkdir -p "$2"

@@ -271,7 +271,7 @@ def _serve(
         }
     )
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    if ops.backings.wanted and os.geteuid() == 0:  # registering backing files needs root
+    if ops.backings.wanted:
         pyfuse3.init(ops, str(mountpoint), options, passthrough=True)
     else:
         pyfuse3.init(ops, str(mountpoint), options)

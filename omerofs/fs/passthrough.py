@@ -33,7 +33,9 @@ class Backings:
     """Backing ids of the inodes open in passthrough mode, counted by open handles."""
 
     def __init__(self, wanted: bool) -> None:
-        self.wanted = wanted and available()
+        self.asked = wanted  # by the configuration / command line
+        # ... and possible here: registering backing files needs root (CAP_SYS_ADMIN)
+        self.wanted = wanted and available() and os.geteuid() == 0
         self._ids: dict[int, list[int]] = {}  # inode -> [backing id, open handles]
         self._refused: set[int] = set()  # errnos already logged
 
@@ -82,9 +84,9 @@ class Backings:
         """One line for the log, once FUSE_INIT is done: on, or why not."""
         if not available():
             return "off: this pyfuse3 lacks the omerofs patch (make deps builds it)"
-        if not self.wanted:
+        if not self.asked:
             return "off (--no-passthrough or passthrough = false)"
-        if os.geteuid() != 0:
+        if not self.wanted:
             return "off: registering backing files needs root"
         if self.enabled:
             return "on"
