@@ -19,6 +19,7 @@ class Experimenter:
     uid: int
     admin: bool
     default_group_id: int | None
+    email: str | None = None  # where notifications go (OMERO: Experimenter.email)
 
 
 @dataclass(frozen=True)
