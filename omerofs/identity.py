@@ -21,6 +21,28 @@ from omerofs.errors import UsageError
 
 log = logging.getLogger(__name__)
 
+# uid_t and gid_t are 32 bits; 2**32-1 is (uid_t)-1, "leave unchanged" to chown(2) and
+# "no such id" to the kernel, so it can never own a file.
+MAX_POSIX_ID = 2**32 - 2
+
+
+def posix_id_problem(kind: str, value: object) -> str | None:
+    """Why ``value`` cannot be a uid/gid, or None when it can (0 ... 2**32-2)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"{kind} {value!r} is not a number"
+    if not 0 <= value <= MAX_POSIX_ID:
+        return f"{kind} {value} is outside 0 ... {MAX_POSIX_ID}"
+    return None
+
+
+def check_posix_id(kind: str, value: object) -> int:
+    """``value`` as a uid/gid, or UsageError naming what is wrong with it."""
+    problem = posix_id_problem(kind, value)
+    if problem:
+        raise UsageError(problem)
+    assert isinstance(value, int)
+    return value
+
 
 class PermissionLevel(enum.Enum):
     """A group's permission level, with OMERO's name and permissions string."""
@@ -139,9 +161,16 @@ class IdMap:
             raise UsageError(f"{path}: {exc}") from None
         users, groups = data.get("users", {}), data.get("groups", {})
         for section, table in (("users", users), ("groups", groups)):
-            bad = [k for k, v in table.items() if not isinstance(v, int | str) or v == ""]
-            if not isinstance(table, dict) or bad:
-                raise UsageError(f"{path}: [{section}] values must be local names or ids")
+            if not isinstance(table, dict):
+                raise UsageError(f"{path}: [{section}] must be a table")
+            kind = "uid" if section == "users" else "gid"
+            for key, value in table.items():
+                if isinstance(value, str) and value:
+                    continue
+                if problem := posix_id_problem(kind, value):
+                    raise UsageError(
+                        f"{path}: [{section}] {key}: expected a local name or id ({problem})"
+                    )
         return cls(users, groups)
 
     def uid(self, name: str) -> int | None:

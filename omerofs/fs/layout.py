@@ -14,6 +14,7 @@ keeps the plain name, a later one with the same name gets ``~<id>`` (containers)
 from __future__ import annotations
 
 from omerofs.catalog.protocol import Container, Fileset, Snapshot
+from omerofs.catalog.rows import BadRows, fileset_problem
 from omerofs.fs.inodes import DIR_MODE, InodeTable, Node
 from omerofs.identity import Viewer, can_see
 from omerofs.template import sanitize_name
@@ -38,9 +39,16 @@ class UserLayout:
     """Builds and extends one user's subtree in the inode table."""
 
     def __init__(
-        self, table: InodeTable, home: Node, viewer: Viewer, snapshot: Snapshot, root_depth: int
+        self,
+        table: InodeTable,
+        home: Node,
+        viewer: Viewer,
+        snapshot: Snapshot,
+        root_depth: int,
+        bad_rows: BadRows | None = None,
     ) -> None:
         self.table = table
+        self.bad_rows = bad_rows or BadRows()
         self.home = home
         self.viewer = viewer
         self.snapshot = snapshot
@@ -95,7 +103,12 @@ class UserLayout:
 
     def add_fileset(self, fs: Fileset) -> bool:
         """Place ``fs`` if this user may see it; return whether it was placed."""
-        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries or self._placed(fs):
+        if not self.visible(fs.owner_id, fs.group_id) or not fs.entries:
+            return False
+        if problem := fileset_problem(fs):  # e.g. a hand-written "../" path: never served
+            self.bad_rows.skip(f"fileset {fs.id}", problem)
+            return False
+        if self._placed(fs):
             return False
         owner = self.snapshot.experimenters.get(fs.owner_id)
         uid = owner.uid if owner else 0

@@ -9,6 +9,7 @@ a worker thread), with ``keep_cache`` and long timeouts so the kernel serves rep
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from typing import Any
 
@@ -19,6 +20,8 @@ from omerofs.fs.common import fuse_errors, statfs_of
 from omerofs.fs.inodes import Node, refresh_file_stat
 from omerofs.fs.passthrough import Backings, file_info
 from omerofs.fs.view import RepositoryView
+
+log = logging.getLogger(__name__)
 
 
 async def read_only(*_args: Any, **_kwargs: Any) -> Any:
@@ -37,6 +40,7 @@ class ViewOperations(pyfuse3.Operations):
         super().__init__()
         self.backings = Backings(passthrough)
         self._open: dict[int, int] = {}  # fd -> inode
+        self._unservable: set[int] = set()  # inodes whose bad attributes were logged
         self.view = view
         self.table = view.table
         self.managed_dir = managed_dir
@@ -46,6 +50,18 @@ class ViewOperations(pyfuse3.Operations):
     # -- attributes, built in one place ----------------------------------------------
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The node's attributes; EIO (logged once per node) for one pyfuse3 cannot encode.
+        The view checks catalog records first, so this is the last guard: an exception
+        other than FUSEError would end the daemon for everybody."""
+        try:
+            return self._attributes(node)
+        except (OverflowError, TypeError, ValueError) as exc:
+            if node.inode not in self._unservable:
+                self._unservable.add(node.inode)
+                log.error("cannot serve %s: bad attributes (%s)", node.path(), exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         if node.source is not None:
             refresh_file_stat(node, self.managed_dir)
         attr = pyfuse3.EntryAttributes()
@@ -111,9 +127,11 @@ class ViewOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = await self._dir(fh)
         for node in self.table.listing(directory, start_id):
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), self.attributes(node), node.inode
-            ):
+            try:
+                attr = self.attributes(node)
+            except pyfuse3.FUSEError:
+                continue  # one bad entry is left out of the listing, not the whole listing
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode):
                 break
 
     async def releasedir(self, fh: int) -> None:

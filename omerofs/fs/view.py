@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from omerofs.catalog.protocol import Changes, Fileset, Snapshot
+from omerofs.catalog.rows import BadRows, clean_snapshot
 from omerofs.fs.inodes import InodeTable, Node
 from omerofs.fs.layout import UserLayout
 from omerofs.identity import Viewer, make_viewer
@@ -39,7 +40,11 @@ _ADDITIVE = {
     ("Experimenter", "INSERT"),
 }
 # changes that alter what one user (the event's entity id) may see
-_PER_USER = {("GroupExperimenterMap", "INSERT"), ("GroupExperimenterMap", "UPDATE")}
+_PER_USER = {
+    ("GroupExperimenterMap", "INSERT"),
+    ("GroupExperimenterMap", "UPDATE"),
+    ("GroupExperimenterMap", "DELETE"),  # others still see the data they saw in the group
+}
 
 
 @dataclass
@@ -54,9 +59,14 @@ class Invalidation:
 
 
 class RepositoryView:
+    """Every snapshot it takes passes ``clean_snapshot`` first, and every fileset the
+    layout's checks: whatever a backend hands over, one bad record is skipped (logged
+    once in ``bad_rows``) and never ends the daemon."""
+
     def __init__(self, snapshot: Snapshot, root_depth: int, loader: FilesetLoader) -> None:
+        self.bad_rows = BadRows()
         snapshot.filesets = {}  # filesets live in the users' trees, fetched per user
-        self.snapshot = snapshot
+        self.snapshot = clean_snapshot(snapshot, self.bad_rows)
         self.loader = loader
         self.root_depth = root_depth
         self.table = InodeTable(mtime_ns=time.time_ns())
@@ -88,9 +98,13 @@ class RepositoryView:
             gid = group.gid if group else 0
             home = self._homes.get(exp.id)
             if home is None:
+                name = sanitize_name(exp.name)
+                if self.table.child(self.table.root, name) is not None:
+                    self.bad_rows.skip(f"user {exp.name!r} (id {exp.id})", f"{name!r} is taken")
+                    continue
                 home = self.table.add(
                     self.table.root,
-                    sanitize_name(exp.name),
+                    name,
                     exp.uid,
                     gid,
                     HOME_MODE,
@@ -144,7 +158,7 @@ class RepositoryView:
 
     def _build(self, exp_id: int, home: Node, filesets: list[Fileset]) -> UserLayout:
         viewer = self.viewer_of(exp_id, self.snapshot)
-        layout = UserLayout(self.table, home, viewer, self.snapshot, self.root_depth)
+        layout = UserLayout(self.table, home, viewer, self.snapshot, self.root_depth, self.bad_rows)
         layout.build(filesets)
         layout.touched.clear()
         return layout
@@ -161,7 +175,7 @@ class RepositoryView:
             affected = {e.entity_id for e in changes.events if (e.entity, e.action) in _PER_USER}
         else:  # e.g. a group's permission level changed: everyone may see differently
             affected = set(self._layouts)
-        new = changes.snapshot
+        new = clean_snapshot(changes.snapshot, self.bad_rows)
         return {
             e: self.viewer_of(e, new)
             for e in affected & set(self._layouts)
@@ -172,7 +186,7 @@ class RepositoryView:
         """Bring the tree up to date with ``changes`` (and the filesets refetched for the
         ``rebuild_targets``); return what the kernel must forget."""
         inval = Invalidation()
-        new = changes.snapshot
+        new = clean_snapshot(changes.snapshot, self.bad_rows)
         added = [new.filesets[i] for i in sorted(new.filesets)]
         new.filesets = {}
         known_projects, known_datasets = set(self.snapshot.projects), set(self.snapshot.datasets)
