@@ -30,11 +30,14 @@ def open_backend(config: RepoConfig) -> Backend:
         catalog = LocalCatalog(config.catalog_path)
         return Backend(config, catalog, Importer(config, catalog), [catalog.close])
     # omero-py is only needed (and only imported) when the repository uses a server
+    from omerofs.catalog.omero.cache import CatalogCache
     from omerofs.catalog.omero.catalog import OmeroCatalog
     from omerofs.catalog.omero.writer import OmeroWriter
     from omerofs.catalog.sqlite import Database
 
-    omero_catalog = OmeroCatalog(config.omero)
+    # the repository's own SQLite: the ingest queue, and the server's last known state
+    # (so the view and the ingest mount start while the server is down)
     local_db = Database(config.catalog_path, "repository state")
+    omero_catalog = OmeroCatalog(config.omero, cache=CatalogCache(local_db))
     importer = Importer(config, omero_catalog, OmeroWriter(omero_catalog, local_db))
     return Backend(config, omero_catalog, importer, [local_db.close, omero_catalog.close])

@@ -18,7 +18,13 @@ from omero.rtypes import rint, rlong, rstring, rtime
 from omerofs.catalog.omero import records
 from omerofs.catalog.omero.session import ServerConnection, connect_client
 from omerofs.catalog.omero.settings import OmeroSettings
-from omerofs.catalog.omero.writer import build_fileset, build_settings, check_placeholder, upload
+from omerofs.catalog.omero.writer import (
+    build_fileset,
+    build_settings,
+    check_placeholder,
+    upload,
+    write_placeholder,
+)
 from omerofs.catalog.protocol import Snapshot
 from omerofs.config import init_repo, load_config
 from omerofs.errors import CatalogUnavailable, ImportFailed, UsageError
@@ -142,7 +148,7 @@ def test_idmap_names_and_errors(tmp_path: Path) -> None:
     )
     assert m.uid("no-such-user-here") is None and m.uid("no-such-user-here") is None
     assert sum(1 for kind, _ in m.unmapped if kind == "user") == 1  # reported once
-    with pytest.raises(UsageError, match="values must be"):
+    with pytest.raises(UsageError, match="alice"):  # names the bad entry
         idmap_file(tmp_path, "[users]\nalice = 1.5\n")
     with pytest.raises(UsageError, match="cannot read"):
         IdMap.load(tmp_path / "missing.toml")
@@ -207,7 +213,8 @@ def test_fileset_and_settings_for_import_fileset(world_dir: Path) -> None:
     plan = plan_fileset(folder)
     fileset = build_fileset(plan, "ln_rm")
     paths = [e.getClientPath().getValue() for e in fileset.copyUsedFiles()]
-    assert paths == [str(f.path) for f in plan.files]
+    assert paths == [str(f.path).lstrip("/") for f in plan.files]  # Java's form: no leading /
+    assert not paths[0].startswith("/")
     assert paths[0].endswith("b_main.tif")  # main file first: Bio-Formats opens the first
     (job,) = fileset.linkedJobList()
     versions = {nv.name: nv.value for nv in job.getVersionInfo()}
@@ -225,23 +232,41 @@ def test_fileset_and_settings_for_import_fileset(world_dir: Path) -> None:
     assert build_settings(None).userSpecifiedTarget is None
 
 
+class TokenStore:
+    """The server writing the placeholder: visible on disk only once closed (RawFileBean
+    flushes on close), at ``path`` — which is the client's path only with the right
+    managed_dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.data, self.closed = path, b"", False
+
+    def write(self, data: bytes, offset: int, length: int) -> None:
+        self.data = data[:length]
+
+    def close(self) -> None:
+        self.path.write_bytes(self.data)
+        self.closed = True
+
+
 def test_placeholder_check_in_a_real_directory(world_dir: Path) -> None:
     managed = world_dir / "ManagedRepository" / "alice_2" / "x"
     managed.mkdir(parents=True)
     location = managed / "img.tif"
-    check_placeholder(location, location.write_bytes)  # the server writes where we look
+    store = TokenStore(location)
+    write_placeholder(store, location, b"token-1")
+    assert store.closed  # closed before we look: the server flushes only then
+    check_placeholder(location, b"token-1")  # the server wrote where we look
     assert not location.exists()  # and we could delete it: ready for the link
 
     elsewhere = world_dir / "server-side" / "img.tif"
     elsewhere.parent.mkdir()
+    write_placeholder(TokenStore(elsewhere), location, b"token-2")
     with pytest.raises(ImportFailed, match="not there.*managed_dir"):
-        check_placeholder(location, elsewhere.write_bytes)  # wrong managed_dir
+        check_placeholder(location, b"token-2")  # wrong managed_dir
 
-    def stale(token: bytes) -> None:
-        location.write_bytes(b"another repository's bytes")
-
+    location.write_bytes(b"another repository's bytes")
     with pytest.raises(ImportFailed, match="something other"):
-        check_placeholder(location, stale)
+        check_placeholder(location, b"token-3")
     assert location.read_bytes() == b"another repository's bytes"  # left alone
 
 
@@ -249,14 +274,11 @@ def test_placeholder_that_cannot_be_deleted(tmpfs) -> None:
     """A read-only mount of the repository: the check fails before any link is made."""
     mounted = tmpfs("managed")
     location = mounted / "img.tif"
-
-    def server_writes_then_ro(token: bytes) -> None:
-        location.write_bytes(token)
-        subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
-
+    write_placeholder(TokenStore(location), location, b"token")
+    subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
     try:
         with pytest.raises(ImportFailed, match="write access to the ManagedRepository"):
-            check_placeholder(location, server_writes_then_ro)
+            check_placeholder(location, b"token")
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(mounted)], check=True)
 

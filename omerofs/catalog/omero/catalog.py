@@ -6,7 +6,9 @@ that may read everything (an admin, or a restricted admin with no privileges: OM
 whose import finished (they have images) are shown: OMERO creates the Fileset row
 before the bytes arrive. Changes come from the server's EventLog, translated into the
 events the view understands; the view polls ``changes`` and, when the server is away,
-keeps serving what it has (``CatalogUnavailable``).
+keeps serving what it has (``CatalogUnavailable``). People and fetched filesets are
+persisted in the repository (``cache``), so a daemon started during an outage serves
+the last known state, flagged stale.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import omero
 from omero.rtypes import rlist, rlong, rstring
 
 from omerofs.catalog.omero import records
+from omerofs.catalog.omero.cache import CatalogCache
 from omerofs.catalog.omero.session import ALL_GROUPS, ServerConnection
 from omerofs.catalog.omero.settings import OmeroSettings
 from omerofs.catalog.protocol import (
@@ -53,18 +56,59 @@ class OmeroCatalog:
         settings: OmeroSettings,
         connection: ServerConnection | None = None,
         idmap: IdMap | None = None,
+        cache: CatalogCache | None = None,
     ) -> None:
         self.settings = settings
         self.server = connection or ServerConnection(settings)
         self.idmap = idmap or IdMap.load(settings.idmap)
+        self.cache = cache
+        self.stale: str | None = None  # why the last known state is served, during an outage
         self._lock = threading.Lock()
         self._people: Snapshot | None = None
         self._people_at = 0.0
         self._reconciled = time.monotonic()
         self._max_fileset = 0  # never goes down: a rebuild must not drop delivered filesets
+        self._entry_index = True  # order entries by index(fe) until the server refuses it
+        self._events = records.EventWindow(settings.event_overlap)
 
     def close(self) -> None:
         self.server.close()
+
+    # -- outages ------------------------------------------------------------------------
+
+    def _went_stale(self, exc: CatalogUnavailable) -> None:
+        if self.stale is None:
+            log.warning(
+                "%s; serving the last known users, groups and filesets (stale) until it "
+                "answers again",
+                exc,
+            )
+            if self.cache is not None:
+                self.cache.set_outage(str(exc))
+        self.stale = str(exc)
+
+    def _answered(self) -> None:
+        if self.stale is not None:
+            log.info("OMERO server answers again: the view is current")
+            self.stale = None
+            if self.cache is not None:
+                self.cache.set_outage(None)
+
+    def _known_people(self, exc: CatalogUnavailable) -> Snapshot:
+        """During an outage: people as last read (this process, or persisted)."""
+        with self._lock:
+            people = self._people
+        if people is None and self.cache is not None:
+            saved = self.cache.load_people()
+            if saved is not None:
+                people = saved[0]
+                with self._lock:
+                    self._people, self._people_at = people, time.monotonic()
+                    self._max_fileset = max(self._max_fileset, people.max_fileset_id)
+        if people is None:
+            raise exc
+        self._went_stale(exc)
+        return dataclasses.replace(people, filesets={})
 
     # -- queries ----------------------------------------------------------------------
 
@@ -99,16 +143,40 @@ class OmeroCatalog:
     # -- people, groups, containers ---------------------------------------------------
 
     def last_event_id(self) -> int:
-        (row,) = self._project("select max(el.id) from EventLog el")
-        return int(row[0] or 0)
+        """The newest EventLog id; during an outage the last one known (nothing new can
+        be known), so pollers keep running."""
+        try:
+            found = self._last_event_id()
+        except CatalogUnavailable as exc:
+            return self._known_people(exc).event_id
+        self._answered()
+        return found
+
+    def _last_event_id(self) -> int:
+        return records.scalar(self._project("select max(el.id) from EventLog el"))
 
     def snapshot_people(self) -> Snapshot:
         """Users, groups, memberships and containers (no filesets), at an event id read
-        first: whatever happens after it is delivered again by ``changes``."""
-        event_id = self.last_event_id()
-        (max_row,) = self._project("select max(fs.id) from Fileset fs")
+        first: whatever happens after it is delivered again by ``changes``. During an
+        outage: the last known ones (``stale`` says why)."""
+        try:
+            return self._fresh_people()
+        except CatalogUnavailable as exc:
+            return self._known_people(exc)
+
+    def _fresh_people(self) -> Snapshot:
+        """People read from the server now (and persisted), or CatalogUnavailable."""
+        snap = self._read_people()
+        self._answered()
+        if self.cache is not None:
+            self.cache.save_people(snap)
+        return snap
+
+    def _read_people(self) -> Snapshot:
+        event_id = self._last_event_id()
+        max_fileset = records.scalar(self._project("select max(fs.id) from Fileset fs"))
         with self._lock:
-            self._max_fileset = max(self._max_fileset, int(max_row[0] or 0))
+            self._max_fileset = max(self._max_fileset, max_fileset)
             snap = Snapshot(event_id=event_id, max_fileset_id=self._max_fileset)
         group_objects = self.server.call(
             lambda sf: sf.getQueryService().findAllByQuery(
@@ -179,11 +247,12 @@ class OmeroCatalog:
             return {}
         return {e: g for e, g in rows}
 
-    def _current_people(self) -> Snapshot:
+    def _current_people(self, strict: bool = False) -> Snapshot:
+        """People read at most PEOPLE_MAX_AGE ago; ``strict``: never the stale ones."""
         with self._lock:
             people, at = self._people, self._people_at
         if people is None or time.monotonic() - at > PEOPLE_MAX_AGE:
-            people = self.snapshot_people()
+            people = self._fresh_people() if strict else self.snapshot_people()
         return people
 
     def experimenter_by_name(self, name: str) -> Experimenter:
@@ -250,8 +319,19 @@ class OmeroCatalog:
             params.addLong("uid", experimenter_id)
             params.add("gids", rlist([rlong(g) for g in sorted(groups) or [-1]]))
             hql += "and (fs.details.owner.id = :uid or fs.details.group.id in (:gids)) "
-        heads = list(islice(self._paged(hql + "order by fs.id", params, after), limit))
-        return self._complete(heads)
+        try:
+            heads = list(islice(self._paged(hql + "order by fs.id", params, after), limit))
+            found = self._complete(heads)
+        except CatalogUnavailable as exc:
+            if self.cache is None:
+                raise
+            self._went_stale(exc)
+            return self.cache.filesets_for(experimenter_id, groups, max_id, after, limit)
+        if self.cache is not None:
+            full = limit is not None and len(heads) == limit
+            upto = heads[-1][0] if full else max_id
+            self.cache.save_filesets(found, experimenter_id, groups, after, upto)
+        return found
 
     def fileset_by_prefix(self, prefix: str) -> Fileset | None:
         params = omero.sys.ParametersI()
@@ -270,17 +350,7 @@ class OmeroCatalog:
         ids = [h[0] for h in heads]
         if not ids:
             return []
-        entries = records.entries_of(
-            [
-                [fs_id, fe_id, *rest]
-                for fs_id, fe_id, *rest in self._by_ids(
-                    "select fs.id, fe.id, fe.clientPath, f.path, f.name, f.size, f.hash, "
-                    "h.value, f.mimetype from Fileset fs join fs.usedFiles fe "
-                    "join fe.originalFile f left outer join f.hasher h where fs.id in (:ids)",
-                    ids,
-                )
-            ]
-        )
+        entries = records.entries_of(self._entry_rows(ids))
         images: dict[int, int] = defaultdict(int)
         for fs_id, count in self._by_ids(
             "select i.fileset.id, count(i.id) from Image i where i.fileset.id in (:ids) "
@@ -313,6 +383,26 @@ class OmeroCatalog:
             for fs_id, owner, group, prefix, created in heads
         ]
 
+    def _entry_rows(self, ids: list[int]) -> list[list[Any]]:
+        """Entries in fileset order: ``index(fe)``, the position in ``Fileset.usedFiles``
+        (the main file first, as sent to ``importFileset``). A server whose HQL rejects
+        ``index()`` gets ``fe.id``, which follows the same order for entries saved
+        together."""
+        hql = (
+            "select fs.id, {order}, fe.clientPath, f.path, f.name, f.size, f.hash, "
+            "h.value, f.mimetype from Fileset fs join fs.usedFiles fe "
+            "join fe.originalFile f left outer join f.hasher h where fs.id in (:ids)"
+        )
+        if self._entry_index:
+            try:
+                return self._by_ids(hql.format(order="index(fe)"), ids)
+            except CatalogUnavailable:
+                raise
+            except OmerofsError as exc:
+                log.warning("cannot order fileset entries by index(fe) (%s); using fe.id", exc)
+                self._entry_index = False
+        return self._by_ids(hql.format(order="fe.id"), ids)
+
     def _transfers(self, ids: list[int]) -> dict[int, str]:
         """Transfer modes from the fileTransfer CommentAnnotations OMERO's importer adds."""
         params = omero.sys.ParametersI()
@@ -344,25 +434,44 @@ class OmeroCatalog:
         """What happened after event ``since``, in the view's terms: new finished filesets
         (``Fileset INSERT``), filesets whose datasets or existence changed (``Fileset
         UPDATE``/``DELETE``), and people/group/container events."""
+        try:
+            changes = self._changes(since)
+        except CatalogUnavailable as exc:
+            self._went_stale(exc)
+            raise
+        self._answered()
+        if changes is not None and self.cache is not None:
+            gone = [
+                e.entity_id for e in changes.events if (e.entity, e.action) == ("Fileset", "DELETE")
+            ]
+            if gone:
+                self.cache.forget_filesets(gone)
+            if changes.snapshot.filesets:
+                self.cache.add_filesets(changes.snapshot.filesets.values())
+        return changes
+
+    def _changes(self, since: int) -> Changes | None:
         params = omero.sys.ParametersI()
-        params.addLong("since", since)
-        raw = [
+        params.add("types", rlist([rstring(t) for t in records.EVENT_TYPES]))
+        read = [
             records.event_of(row)
             for row in self._paged(
                 "select el.id, el.entityType, el.entityId, el.action from EventLog el "
-                "where el.id > :after and el.id > :since order by el.id",
+                "where el.id > :after and el.entityType in (:types) order by el.id",
                 params,
+                after=self._events.lower_bound(since),
             )
         ]
+        raw = self._events.fresh(since, read)
         reconcile = time.monotonic() - self._reconciled >= self.settings.reconcile_interval
         if not raw and not reconcile:
             return None
-        last = raw[-1].id if raw else since
+        last = max([since, *(e.id for e in raw)])
         kinds = {e.entity for e in raw}
         people = (
-            self.snapshot_people()
+            self._fresh_people()
             if reconcile or kinds & (_PEOPLE | _CONTAINERS)
-            else self._current_people()
+            else self._current_people(strict=True)
         )
         events = self._translate(raw)
         if reconcile:  # a full re-read now and then: every built tree is fetched again
@@ -387,6 +496,7 @@ class OmeroCatalog:
                 new_ids,
             )
             snap.filesets = {fs.id: fs for fs in self._complete(heads)}
+        self._events.delivered(last, raw)
         return Changes(events, snap)
 
     def _translate(self, raw: list[Event]) -> list[Event]:

@@ -47,6 +47,24 @@ def rows(result: Iterable[Iterable[Any]]) -> list[list[Any]]:
     return [[unwrap(v) for v in row] for row in result]
 
 
+def scalar(result: Iterable[Iterable[Any]]) -> int:
+    """The one number of an aggregate projection (``max``, ``count``), 0 when there is
+    none: ``max`` over an empty table is one NULL row, which arrives as ``[[None]]`` or,
+    with its NULL dropped, ``[[]]``."""
+    for row in rows(result):
+        return int(row[0] or 0) if row else 0
+    return 0
+
+
+def newest_linkable(objects: Iterable[Any]) -> int | None:
+    """The first (newest, given ``order by id desc``) of ``objects`` the session's user may
+    link to, as ``ModelImportTarget`` picks an import target; None if there is none."""
+    for obj in objects:
+        if obj.getDetails().getPermissions().canLink():
+            return int(unwrap(obj.getId()))
+    return None
+
+
 def level_of(permissions: Any) -> PermissionLevel:
     """A group's level from its ``omero.model.PermissionsI`` (or a ``rwra--`` string)."""
     if isinstance(permissions, str):
@@ -142,6 +160,57 @@ def transfer_of(text: str | None) -> str:
     if not text:
         return "upload"
     return _MODE_OF_CLASS.get(text, text if text in TRANSFER_CLASSES else "upload")
+
+
+# the EventLog entity types ``view_events`` and ``OmeroCatalog.changes`` act on (OMERO
+# writes the Java class names); everything else (PlaneInfo, Thumbnail, Session, ...) is
+# never read
+EVENT_TYPES = tuple(
+    f"ome.model.{name}"
+    for name in (
+        "core.Image",
+        "fs.Fileset",
+        "containers.DatasetImageLink",
+        "containers.Project",
+        "containers.Dataset",
+        "containers.ProjectDatasetLink",
+        "meta.Experimenter",
+        "meta.ExperimenterGroup",
+        "meta.GroupExperimenterMap",
+    )
+)
+
+
+class EventWindow:
+    """EventLog ids come from a sequence when a row is written, not when its transaction
+    commits, so a long transaction (a big import's step 0) can commit after events with
+    higher ids were read. Each poll therefore re-reads the last ``overlap`` ids below the
+    position it reached and delivers only what it has not delivered before."""
+
+    def __init__(self, overlap: int) -> None:
+        self.overlap = overlap
+        self._delivered: set[int] = set()
+        self._primed = False
+
+    def lower_bound(self, since: int) -> int:
+        """Read events with ids above this."""
+        return max(0, since - self.overlap)
+
+    def fresh(self, since: int, events: list[Event]) -> list[Event]:
+        """Of the events read above ``lower_bound(since)``, those not delivered yet. On the
+        first poll the ones up to ``since`` count as delivered (the caller's snapshot was
+        read after them)."""
+        if not self._primed:
+            self._primed = True
+            self._delivered.update(e.id for e in events if e.id <= since)
+        return [e for e in events if e.id not in self._delivered]
+
+    def delivered(self, position: int, events: list[Event]) -> None:
+        """``events`` were handed to the caller, who is now at ``position``: never again.
+        Ids that fall out of the next window are forgotten."""
+        self._delivered.update(e.id for e in events)
+        floor = self.lower_bound(position)
+        self._delivered = {i for i in self._delivered if i > floor}
 
 
 def event_of(row: list[Any]) -> Event:

@@ -30,6 +30,7 @@ from omerofs.errors import AccessDenied, CatalogUnavailable, OmerofsError, Usage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ALL_GROUPS = {"omero.group": "-1"}  # query across every group the session may read
+KEEPALIVE_S = 60  # seconds between keep-alive pings of every session we hold
 
 # the session or the connection is gone: reconnect
 _LOST = (
@@ -46,7 +47,7 @@ def connect_client(settings: OmeroSettings) -> Any:
     client = omero.client(settings.host, settings.port)
     try:
         client.createSession(username, password)
-        client.enableKeepAlive(60)
+        client.enableKeepAlive(KEEPALIVE_S)
     except BaseException:
         client.__del__()  # omero-py's way to destroy the communicator
         raise
@@ -111,6 +112,13 @@ class ServerConnection:
             except Glacier2.PermissionDeniedException as exc:
                 self._failed(f"login refused: {exc.reason or 'bad credentials'}")
                 raise CatalogUnavailable(f"{self.where}: {self.last_error}") from None
+            except (
+                Glacier2.CannotCreateSessionException,
+                omero.WrappedCreateSessionException,
+            ) as exc:
+                # the server is up but cannot make a session now (starting, overloaded)
+                self._failed(f"cannot create a session: {_describe(exc)}")
+                raise CatalogUnavailable(f"{self.where}: {self.last_error}") from None
             except (*_LOST, omero.ServerError, OSError) as exc:
                 self._failed(_describe(exc))
                 raise CatalogUnavailable(f"{self.where}: {self.last_error}") from None
@@ -145,28 +153,37 @@ class ServerConnection:
     # -- sessions as other users ----------------------------------------------------
 
     @contextmanager
-    def sudo(self, user: str, group: str, ttl_ms: int = 3_600_000) -> Iterator[Any]:
+    def sudo(self, user: str, group: str) -> Iterator[Any]:
         """A client logged in as ``user`` in ``group``, from the service account's admin
         session (OMERO's ``--sudo``): imports are owned by the user who wrote the data."""
-
-        def create(sf: Any) -> str:
-            principal = omero.sys.Principal()
-            principal.name, principal.group, principal.eventType = user, group, "User"
-            session = sf.getSessionService().createSessionWithTimeout(principal, ttl_ms)
-            return str(unwrap(session.getUuid()))
-
-        uuid = self.call(create)
+        uuid = self.call(lambda sf: create_sudo_session(sf, user, group))
         client = omero.client(self.settings.host, self.settings.port)
         try:
             try:
                 client.joinSession(uuid)
-            except _LOST as exc:
+                # Glacier2 drops a session idle for 600 s; a long local copy or hash
+                # makes no calls (as omero-py's sessions plugin, which uses 300 s)
+                client.enableKeepAlive(KEEPALIVE_S)
+            except (*_LOST, Glacier2.CannotCreateSessionException) as exc:
                 raise CatalogUnavailable(f"{self.where}: {_describe(exc)}") from None
             yield client
         finally:
             with suppress(Exception):
                 client.killSession()
             client.__del__()
+
+
+def create_sudo_session(sf: Any, user: str, group: str) -> str:
+    """A session of ``user`` in ``group`` made by an admin, the way omero-py's own
+    ``login --sudo`` does (``omero/util/sessions.py``): no time-to-live (0 — an absolute
+    one would end a long import midway, ``SessionCache``) and the admin session's own
+    time-to-idle. Returns its uuid."""
+    service = sf.getSessionService()
+    own = service.getSession(sf.ice_getIdentity().name)
+    principal = omero.sys.Principal()
+    principal.name, principal.group, principal.eventType = user, group, "User"
+    session = service.createSessionWithTimeouts(principal, 0, unwrap(own.getTimeToIdle()))
+    return str(unwrap(session.getUuid()))
 
 
 def translate(exc: BaseException) -> OmerofsError:

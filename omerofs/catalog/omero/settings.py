@@ -24,6 +24,7 @@ class OmeroSettings:
     page_size: int = 5000  # rows per projection query
     reconcile_interval: float = 3600.0  # seconds between full re-reads of the catalog
     import_timeout: float = 3600.0  # seconds to wait for the server to finish an import
+    event_overlap: int = 10_000  # EventLog ids re-read below the last one (late commits)
 
     @classmethod
     def parse(cls, section: dict[str, Any], where: Path) -> OmeroSettings:
@@ -41,9 +42,10 @@ class OmeroSettings:
             page_size=int(section.get("page_size", 5000)),
             reconcile_interval=float(section.get("reconcile_interval", 3600)),
             import_timeout=float(section.get("import_timeout", 3600)),
+            event_overlap=int(section.get("event_overlap", 10_000)),
         )
-        if not 0 < settings.port < 65536 or settings.page_size < 1:
-            raise UsageError(f"{where}: [omero] port or page_size out of range")
+        if not 0 < settings.port < 65536 or settings.page_size < 1 or settings.event_overlap < 0:
+            raise UsageError(f"{where}: [omero] port, page_size or event_overlap out of range")
         if not settings.managed_dir.is_absolute():
             raise UsageError(f"{where}: [omero] managed_dir must be an absolute path")
         return settings

@@ -5,30 +5,30 @@ sudo session of the service account), resolve ``-T`` style targets (created when
 missing), send the Fileset (main file first) and ImportSettings to ``importFileset``,
 then per file either upload the bytes through the server's uploader or, for in-place
 modes, prove with a placeholder that the server's path is this machine's path and make
-the hardlink/symlink/copy there; hand the SHA1s to ``verifyUpload`` and wait for the
-server to finish. Non-upload transfers are recorded as OMERO records them (a
-fileTransfer CommentAnnotation). If anything fails, every link or copy made here is
-removed again: a failed import leaves nothing of ours in the repository.
+the hardlink/symlink/copy there; hand the checksums to ``verifyUpload`` and wait for
+the server to finish. Non-upload transfers are recorded as OMERO records them (a
+fileTransfer CommentAnnotation). If anything fails before the hand-off, every link or
+copy made here is removed again; after it, ``handoff`` decides (the server may have
+imported it already).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import platform
+import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import omero
-import omero.callbacks
 import omero.cmd
 import omero.grid
 from omero.model import (
-    ChecksumAlgorithmI,
     CommentAnnotationI,
     DatasetI,
     FilesetEntryI,
@@ -37,13 +37,13 @@ from omero.model import (
     ProjectI,
     UploadJobI,
 )
-from omero.model.enums import ChecksumAlgorithmSHA1160
 from omero.rtypes import rbool, rstring, unwrap
 from omero_version import omero_version
 
-from omerofs.catalog.omero import records
+from omerofs.catalog.omero import checksums, records
 from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.session import translate
+from omerofs.catalog.omero.handoff import settle_failed_handoff, with_warning
+from omerofs.catalog.omero.session import ALL_GROUPS, translate
 from omerofs.catalog.protocol import Experimenter, Fileset, Group
 from omerofs.catalog.sqlite import Database
 from omerofs.errors import CatalogUnavailable, ImportFailed, OmerofsError
@@ -53,7 +53,8 @@ from omerofs.ingest.importer import ImportHooks, Target
 
 log = logging.getLogger(__name__)
 UPLOAD_BLOCK = 1024 * 1024
-WAIT_STEP_MS = 500
+DELETE_TIMEOUT = 600.0  # seconds to wait for the server to delete an image-less fileset
+READ_ONLY = {"omero.fs.mode": "r"}  # ManagedImportProcessI.getUploader reads this key
 
 
 # -- what is sent to the server (pure: tested with real omero-py objects) -------------------
@@ -66,7 +67,8 @@ def build_fileset(plan: SourceFileset, mode: str) -> Any:
     fileset = FilesetI()
     for f in plan.files:
         entry = FilesetEntryI()
-        entry.setClientPath(rstring(str(f.path)))
+        # the Java form: the client's absolute path without its leading "/"
+        entry.setClientPath(rstring(str(f.path).lstrip("/")))
         fileset.addFilesetEntry(entry)
     job = UploadJobI()
     job.setVersionInfo(
@@ -88,9 +90,9 @@ def build_fileset(plan: SourceFileset, mode: str) -> Any:
     return fileset
 
 
-def build_settings(dataset_id: int | None) -> Any:
-    """ImportSettings: SHA1 checksums (what ``verifyUpload`` compares), thumbnails and
-    statistics computed as a default CLI import would, the target dataset if any."""
+def build_settings(dataset_id: int | None, checksum: str = checksums.SHA1) -> Any:
+    """ImportSettings: the agreed checksum (what ``verifyUpload`` compares), thumbnails
+    and statistics computed as a default CLI import would, the target dataset if any."""
     settings = omero.grid.ImportSettings()
     settings.doThumbnails = rbool(True)
     settings.noStatsInfo = rbool(False)
@@ -99,18 +101,39 @@ def build_settings(dataset_id: int | None) -> Any:
     settings.userSpecifiedDescription = None
     settings.userSpecifiedAnnotationList = None
     settings.userSpecifiedPixels = None
-    settings.checksumAlgorithm = ChecksumAlgorithmI()
-    settings.checksumAlgorithm.value = rstring(ChecksumAlgorithmSHA1160)
+    settings.checksumAlgorithm = checksums.algorithm(checksum)
     return settings
 
 
-def check_placeholder(location: Path, write_token: Callable[[bytes], None]) -> None:
-    """OMERO's in-place safety check. The server writes a random token at the path it
-    chose; this machine must read exactly that token at the same path under its mount of
-    the ManagedRepository and be able to delete it. Otherwise a link made here would be
-    invisible to the server (wrong ``managed_dir``, stale mount, no access)."""
-    token = uuid.uuid4().hex.encode()
-    write_token(token)
+def placeholder_token(source_size: int) -> bytes:
+    """A random token whose length differs from the source's: OMERO re-hashes a file
+    opened read-only only when its size differs from the one on record
+    (``RawFileBean.isModified``), and the record holds the token's size."""
+    token = str(uuid.uuid4()).encode()  # 36 bytes, as Java's UUID.toString()
+    return token + b"\n" if len(token) == source_size else token
+
+
+def write_placeholder(rfs: Any, location: Path, token: bytes) -> None:
+    """Steps 1–2 of OMERO's ``AbstractExecFileTransfer.checkLocation``: the target must
+    not exist yet; the server writes the token there through the uploader, which is then
+    CLOSED — ``RawFileBean.write`` does not flush, only ``close`` does, and over NFS a
+    file is only seen complete after its writer closed it."""
+    try:
+        if os.path.lexists(location):
+            raise ImportFailed(
+                f"{location}: already exists in the ManagedRepository; refusing to place "
+                "a file over it"
+            )
+        rfs.write(token, 0, len(token))
+    finally:
+        rfs.close()
+
+
+def check_placeholder(location: Path, token: bytes) -> None:
+    """Step 3 of ``checkLocation``: this machine must read exactly the server's token at
+    the same path under its mount of the ManagedRepository, and be able to delete it.
+    Otherwise a link made here would be invisible to the server (wrong ``managed_dir``,
+    stale mount, no access)."""
     advice = "is [omero] managed_dir the server's ManagedRepository, mounted read-write here?"
     try:
         seen = location.read_bytes()
@@ -133,9 +156,39 @@ def check_placeholder(location: Path, write_token: Callable[[bytes], None]) -> N
         ) from None
 
 
-def upload(rfs: Any, source: Path, on_bytes: transfer.ByteCounter = None) -> str:
-    """Send ``source`` through the server's uploader; return the SHA1 of what was read."""
-    digest = hashlib.sha1()
+def confirm_placed(proc: Any, index: int, location: Path, size: int, digest: str) -> None:
+    """After the link or copy (``checkTarget`` + ``TransferState.save``): reopen the file
+    read-only on the server, check it sees the whole file, and ``save()`` so the server
+    hashes what was placed; its hash must be ours (else ``verifyUpload`` would fail
+    later, with less to say)."""
+    try:
+        rfs = proc.getUploader(index, READ_ONLY)
+        seen = rfs.size()
+    except omero.ServerError as exc:
+        raise ImportFailed(
+            f"{location}: the OMERO server cannot read the placed file ({translate(exc)}); "
+            "it likely has no read access there"
+        ) from None
+    try:
+        if seen != size:
+            raise ImportFailed(f"{location}: the OMERO server sees {seen} bytes, not {size}")
+        saved = rfs.save()
+    finally:
+        with contextlib.suppress(Exception):
+            rfs.close()
+    server_hash = unwrap(saved.getHash()) if saved is not None else None
+    if server_hash != digest:
+        raise ImportFailed(
+            f"{location}: the OMERO server's checksum {server_hash or '(none)'} of the placed "
+            f"file differs from ours ({digest})"
+        )
+
+
+def upload(
+    rfs: Any, source: Path, on_bytes: transfer.ByteCounter = None, checksum: str = checksums.SHA1
+) -> str:
+    """Send ``source`` through the server's uploader; return the digest of what was read."""
+    digest = checksums.hasher(checksum)
     offset = 0
     with open(source, "rb", buffering=0) as src:
         rfs.write(b"", 0, 0)  # creates the file even when the source is empty
@@ -148,16 +201,43 @@ def upload(rfs: Any, source: Path, on_bytes: transfer.ByteCounter = None) -> str
     return digest.hexdigest()
 
 
+def wait_for(handle: Any, timeout: float) -> Any:
+    """Poll a command handle until the server answers (``HandleI.getResponse`` is None
+    while it runs); raise ``TimeoutError`` after ``timeout`` seconds. Polling needs no
+    callback adapter through Glacier2 and keeps the session busy while it waits."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        response = handle.getResponse()
+        if response is not None:
+            return response
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no answer within {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(1.0, delay * 2)
+
+
+def describe_response(response: Any) -> str:
+    detail = "; ".join(f"{k}: {v}" for k, v in (response.parameters or {}).items())
+    return f"{response.name}{': ' if detail else ''}{detail[:500]}"
+
+
 # -- the writer -------------------------------------------------------------------------
 
 
 class OmeroWriter:
-    def __init__(self, catalog: OmeroCatalog, local_db: Database) -> None:
+    def __init__(
+        self,
+        catalog: OmeroCatalog,
+        local_db: Database,
+        sudo: Callable[[str, str], AbstractContextManager[Any]] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.server = catalog.server
         self.settings = catalog.settings
         self.managed = catalog.settings.managed_dir
         self.local_db = local_db  # the repository's own SQLite (the ingest queue lives there)
+        self._sudo = sudo or self.server.sudo  # a session as the importing user
 
     def write(
         self,
@@ -169,51 +249,85 @@ class OmeroWriter:
         hooks: ImportHooks,
     ) -> Fileset:
         placed: list[Path] = []
-        prefix, fileset_id = None, 0
+        state = _Progress()
         try:
-            with self.server.sudo(owner.name, group.name) as client:
-                sf = client.getSession()
-                ctx = {"omero.group": str(group.id)}
-                dataset_id = self._resolve_target(sf, target, owner, ctx)
-                repo = client.getManagedRepository()
-                if repo is None:
-                    raise ImportFailed("the OMERO server offers no ManagedRepository")
-                proc = repo.importFileset(build_fileset(plan, mode), build_settings(dataset_id))
-                try:
-                    hashes = []
-                    for i, f in enumerate(plan.files):
-                        rfs = proc.getUploader(i)
-                        try:
-                            fileset_id, fs_prefix, dest = self._location(sf, rfs, ctx)
-                            if prefix is None:
-                                prefix = fs_prefix
-                                hooks.on_prefix(prefix)
-                            hashes.append(self._transfer(mode, rfs, f.path, dest, placed, hooks))
-                        finally:
-                            rfs.close()
-                    hooks.on_handoff()
-                    handle = proc.verifyUpload(hashes)
-                    self._wait(client, handle, plan)
-                finally:
-                    proc.close()
-        except BaseException as exc:
-            self._remove(placed)
-            if isinstance(exc, OmerofsError):
-                raise
-            if isinstance(exc, omero.ServerError):
-                raise ImportFailed(f"{plan.root}: {translate(exc)}") from None
-            if isinstance(exc, OSError):
-                raise ImportFailed(f"{plan.root}: {exc.strerror or exc}") from None
-            if isinstance(exc, Exception) and type(exc).__module__.startswith("Ice"):
-                raise CatalogUnavailable(f"{plan.root}: lost the OMERO server: {exc}") from None
+            self._import(plan, owner, group, mode, target, hooks, placed, state)
+            warning = None
+        except Exception as exc:
+            if not state.handed_off:
+                self._remove(placed)
+                raise _translated(exc, plan) from None
+            error = str(_translated(exc, plan)).removeprefix(f"{plan.root}: ")
+            warning = settle_failed_handoff(
+                str(plan.root),
+                error,
+                state.fileset_id,
+                placed,
+                lambda: self._image_count(state.fileset_id),
+                lambda: self._delete_fileset(owner, group, state.fileset_id),
+                self._remove,
+            )
+        except BaseException:  # interrupted: after the hand-off the server may finish it
+            if not state.handed_off:
+                self._remove(placed)
             raise
         if hooks.on_commit is not None:
             with self.local_db.transaction() as db:
-                hooks.on_commit(db, fileset_id)
-        found = self.catalog.fileset_by_prefix(prefix or "")
+                hooks.on_commit(db, state.fileset_id)
+        found = self.catalog.fileset_by_prefix(state.prefix or "")
         if found is None:
             raise ImportFailed(f"{plan.root}: OMERO finished the import but fileset is not visible")
-        return found
+        return found if warning is None else with_warning(found, warning)
+
+    def _import(
+        self,
+        plan: SourceFileset,
+        owner: Experimenter,
+        group: Group,
+        mode: str,
+        target: Target,
+        hooks: ImportHooks,
+        placed: list[Path],
+        state: _Progress,
+    ) -> None:
+        with self._sudo(owner.name, group.name) as client:
+            sf = client.getSession()
+            ctx = {"omero.group": str(group.id)}
+            dataset_id = self._resolve_target(sf, target, ctx)
+            repo = client.getManagedRepository()
+            if repo is None:
+                raise ImportFailed("the OMERO server offers no ManagedRepository")
+            checksum = checksums.negotiate(repo)
+            proc = repo.importFileset(
+                build_fileset(plan, mode), build_settings(dataset_id, checksum)
+            )
+            try:
+                hashes = []
+                for i, f in enumerate(plan.files):
+                    hashes.append(
+                        self._send(proc, i, sf, ctx, mode, f.path, placed, hooks, state, checksum)
+                    )
+                hooks.on_handoff()
+                state.handed_off = True
+                handle = proc.verifyUpload(hashes)
+                try:
+                    try:
+                        response = wait_for(handle, self.settings.import_timeout)
+                    except TimeoutError:
+                        raise ImportFailed(
+                            f"{plan.root}: OMERO did not finish within "
+                            f"{self.settings.import_timeout:.0f} s"
+                        ) from None
+                finally:
+                    with contextlib.suppress(Exception):
+                        handle.close()
+                if isinstance(response, omero.cmd.ERR):
+                    raise ImportFailed(
+                        f"{plan.root}: OMERO could not import it ({describe_response(response)})"
+                    )
+            finally:
+                with contextlib.suppress(Exception):  # the server may be gone already
+                    proc.close()
 
     def discard(self, prefix: str) -> None:
         """After a crash before ``verifyUpload``: remove what was linked or copied under
@@ -228,20 +342,20 @@ class OmeroWriter:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def _resolve_target(
-        self, sf: Any, target: Target, owner: Experimenter, ctx: dict[str, str]
-    ) -> int | None:
-        """OMERO's ``-T``: the user's newest Dataset (in the Project) of that name in the
-        import group, created when missing."""
+    def _resolve_target(self, sf: Any, target: Target, ctx: dict[str, str]) -> int | None:
+        """OMERO's ``-T Dataset:name:D`` (``ModelImportTarget``): the newest Dataset of that
+        name in the import group that the user may link to, created when there is none.
+        omerofs's ``Project:name:P/Dataset:name:D``: the newest linkable Project P (created
+        when missing) and in it the newest linkable Dataset D (created and linked to P
+        when missing); a Dataset D elsewhere is not moved into P."""
         if target.dataset is None:
             return None
         query, update = sf.getQueryService(), sf.getUpdateService()
 
         def newest(hql: str, params: Any) -> int | None:
-            params.addLong("uid", owner.id)
-            params.page(0, 1)
-            found = query.projection(hql + " order by x.id desc", params, ctx)
-            return int(unwrap(found[0][0])) if found else None
+            return records.newest_linkable(
+                query.findAllByQuery(hql + " order by x.id desc", params, ctx)
+            )
 
         def named(name: str) -> Any:
             params = omero.sys.ParametersI()
@@ -252,18 +366,17 @@ class OmeroWriter:
             obj.setName(rstring(name))
             return int(unwrap(update.saveAndReturnObject(obj, ctx).getId()))
 
-        mine = "x.details.owner.id = :uid and x.name = :name"
         if target.project is None:
-            found = newest(f"select x.id from Dataset x where {mine}", named(target.dataset))
+            found = newest("select x from Dataset x where x.name = :name", named(target.dataset))
             return found if found is not None else create(DatasetI(), target.dataset)
-        project_id = newest(f"select x.id from Project x where {mine}", named(target.project))
+        project_id = newest("select x from Project x where x.name = :name", named(target.project))
         if project_id is None:
             project_id = create(ProjectI(), target.project)
         in_project = named(target.dataset)
         in_project.addLong("pid", project_id)
         found = newest(
-            "select x.id from ProjectDatasetLink l join l.child x "
-            f"where l.parent.id = :pid and {mine}",
+            "select x from ProjectDatasetLink l join l.child x "
+            "where l.parent.id = :pid and x.name = :name",
             in_project,
         )
         if found is not None:
@@ -293,45 +406,63 @@ class OmeroWriter:
         prefix = prefix if prefix.endswith("/") else prefix + "/"
         return int(fileset_id), prefix, self.managed / path / name
 
-    def _transfer(
+    def _send(
         self,
+        proc: Any,
+        index: int,
+        sf: Any,
+        ctx: dict[str, str],
         mode: str,
-        rfs: Any,
         source: Path,
-        dest: Path,
         placed: list[Path],
         hooks: ImportHooks,
+        state: _Progress,
+        checksum: str,
     ) -> str:
+        """One file to the server; returns its checksum for ``verifyUpload``."""
+        rfs = proc.getUploader(index)
         kind = transfer.base_mode(mode)
-        if kind == "upload":
-            return upload(rfs, source, hooks.on_bytes)
-        check_placeholder(dest, lambda token: rfs.write(token, 0, len(token)))
-        placed.append(dest)
-        sha1 = transfer.place(kind, source, dest, hooks.on_bytes)
-        size = os.stat(dest).st_size
-        if size != os.stat(source).st_size:
-            raise ImportFailed(f"{dest}: size {size} differs from the source's")
-        return sha1
-
-    def _wait(self, client: Any, handle: Any, plan: SourceFileset) -> None:
-        callback = omero.callbacks.CmdCallbackI(client, handle)
         try:
-            loops = max(1, int(self.settings.import_timeout * 1000 / WAIT_STEP_MS))
-            try:
-                callback.loop(loops, WAIT_STEP_MS)
-            except omero.LockTimeout:
-                raise ImportFailed(
-                    f"{plan.root}: OMERO did not finish within {self.settings.import_timeout:.0f} s"
-                ) from None
-            response = callback.getResponse()
-        finally:
-            callback.close(True)
-        if isinstance(response, omero.cmd.ERR):
-            detail = "; ".join(f"{k}: {v}" for k, v in (response.parameters or {}).items())
-            raise ImportFailed(
-                f"{plan.root}: OMERO could not import it ({response.name}{': ' if detail else ''}"
-                f"{detail[:500]})"
+            state.fileset_id, prefix, dest = self._location(sf, rfs, ctx)
+            if state.prefix is None:
+                state.prefix = prefix
+                hooks.on_prefix(prefix)
+            if kind == "upload":
+                digest = upload(rfs, source, hooks.on_bytes, checksum)
+                rfs.close()  # the server flushes and hashes on close
+                return digest
+            token = placeholder_token(os.stat(source).st_size)
+        except BaseException:
+            with contextlib.suppress(Exception):  # closed already, or the server is gone
+                rfs.close()
+            raise
+        write_placeholder(rfs, dest, token)  # closes the uploader
+        return place_in_place(proc, index, kind, source, dest, token, placed, hooks, checksum)
+
+    def _image_count(self, fileset_id: int) -> int:
+        """How many Images the server holds for a fileset (as the service account)."""
+        params = omero.sys.ParametersI()
+        params.addId(fileset_id)
+        return records.scalar(
+            self.server.call(
+                lambda sf: sf.getQueryService().projection(
+                    "select count(i.id) from Image i where i.fileset.id = :id", params, ALL_GROUPS
+                )
             )
+        )
+
+    def _delete_fileset(self, owner: Experimenter, group: Group, fileset_id: int) -> None:
+        """Delete an image-less Fileset on the server as its owner, and wait for it."""
+        with self._sudo(owner.name, group.name) as client:
+            request = omero.cmd.Delete2(targetObjects={"Fileset": [fileset_id]})
+            handle = client.getSession().submit(request, {"omero.group": str(group.id)})
+            try:
+                response = wait_for(handle, DELETE_TIMEOUT)
+            finally:
+                with contextlib.suppress(Exception):
+                    handle.close()
+        if isinstance(response, omero.cmd.ERR):
+            raise ImportFailed(f"Delete2 failed: {describe_response(response)}")
 
     def _remove(self, placed: list[Path]) -> None:
         """Remove the links and copies this import made (the server's own files stay)."""
@@ -342,3 +473,50 @@ class OmeroWriter:
                 pass
             except OSError as exc:
                 log.error("could not remove %s after a failed import: %s", path, exc)
+
+
+def place_in_place(
+    proc: Any,
+    index: int,
+    kind: str,
+    source: Path,
+    dest: Path,
+    token: bytes,
+    placed: list[Path],
+    hooks: ImportHooks,
+    checksum: str,
+) -> str:
+    """An in-place transfer after the placeholder was written and its uploader closed:
+    check and delete the placeholder, link or copy, then have the server hash what it
+    now finds there (``AbstractExecFileTransfer.transfer``'s order)."""
+    check_placeholder(dest, token)
+    placed.append(dest)
+    sha1 = transfer.place(kind, source, dest, hooks.on_bytes)
+    size = os.stat(dest).st_size
+    if size != os.stat(source).st_size:
+        raise ImportFailed(f"{dest}: size {size} differs from the source's")
+    digest = sha1 if checksum == checksums.SHA1 else checksums.file_digest(dest, checksum)
+    confirm_placed(proc, index, dest, size, digest)
+    return digest
+
+
+class _Progress:
+    """How far an import got: what the server chose, and whether it took over."""
+
+    def __init__(self) -> None:
+        self.prefix: str | None = None
+        self.fileset_id = 0
+        self.handed_off = False
+
+
+def _translated(exc: BaseException, plan: SourceFileset) -> OmerofsError:
+    """Any failure of an import as the omerofs error it means."""
+    if isinstance(exc, OmerofsError):
+        return exc
+    if isinstance(exc, omero.ServerError):
+        return ImportFailed(f"{plan.root}: {translate(exc)}")
+    if isinstance(exc, OSError):
+        return ImportFailed(f"{plan.root}: {exc.strerror or exc}")
+    if type(exc).__module__.startswith("Ice"):
+        return CatalogUnavailable(f"{plan.root}: lost the OMERO server: {exc}")
+    return ImportFailed(f"{plan.root}: {type(exc).__name__}: {exc}")
