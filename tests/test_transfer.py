@@ -92,3 +92,29 @@ def test_a_copy_that_differs_from_its_source_fails(world_dir, source, monkeypatc
     monkeypatch.setattr(os, "copy_file_range", short_copy)
     with pytest.raises(ChecksumMismatch, match="does not match"):
         transfer.place("cp", source, world_dir / "bad-copy")
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["ln", "cp", "upload", "ln_s"])
+def test_sealed_placement_belongs_to_the_account(world_dir, source, mode) -> None:
+    """Sealed originals are the account's and read-only; for ln that is the source's
+    inode (it keeps its read bits), for ln_s only the link (its target is the user's)."""
+    os.chown(source, 3001, 3001)
+    source.chmod(0o640)
+    target = world_dir / f"sealed-{mode}"
+    seals: list[transfer.Seal] = []
+    account = transfer.Account(0, 0)
+    sha1 = transfer.place(mode, source, target, seal_as=account, seals=seals)
+    assert sha1 == transfer.sha1_file(source)
+    st = os.lstat(target)
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    if mode == "ln_s":
+        assert os.stat(source).st_uid == 3001 and not seals
+        return
+    expected = {"ln": 0o440, "cp": 0o444, "upload": 0o444}[mode]
+    assert oct(st.st_mode & 0o7777) == oct(expected)
+    if mode == "ln":
+        (seal,) = seals
+        transfer.unseal(seal)  # a rolled-back import gives the source back as it was
+        st = os.stat(source)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (3001, 3001, 0o640)

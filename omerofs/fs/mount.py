@@ -1,7 +1,10 @@
 """Mount wiring: mountpoint checks, the pyfuse3 session, signals, the catalog follower.
 
 Unmount happens only on a clean exit (SIGTERM/SIGINT or ``omerofs umount``); a crashed
-daemon leaves a stale mount that the next ``omerofs mount`` detects and clears.
+daemon leaves a stale mount that the next ``omerofs mount`` detects and clears. Every
+daemon holds its lock in ``REPO/run/`` (daemon_lock.py), makes the repository's private
+directories private again (ownership.py), tells systemd when it is up (sdnotify.py) and
+can serve Prometheus metrics (metrics.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import faulthandler
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,14 +27,18 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
+from omerofs import sdnotify
 from omerofs.backend import open_backend
 from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
 from omerofs.config import RepoConfig
+from omerofs.daemon_lock import DaemonLock, check_free
 from omerofs.errors import CatalogUnavailable, MountError, UsageError
 from omerofs.fs.operations import ViewOperations
 from omerofs.fs.passthrough import Backings
 from omerofs.fs.view import FilesetLoader, Invalidation, RepositoryView, fetch_all
 from omerofs.identity import Viewer, fully_visible_groups
+from omerofs.logs import DAEMON_LOG_ENV
+from omerofs.ownership import private_dirs, secure_dir
 from omerofs.template import expand_root_depth
 
 if TYPE_CHECKING:
@@ -136,6 +144,7 @@ async def _tune_after_init(
     await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kb)
     log.info("read_ahead_kb of %s set to %d", mountpoint, read_ahead_kb)
     log.info("kernel passthrough: %s", backings.describe())
+    sdnotify.notify("READY=1", f"STATUS=serving {mountpoint}", f"MAINPID={os.getpid()}")
 
 
 # -- the daemon --------------------------------------------------------------------------
@@ -171,9 +180,20 @@ def fileset_loader(catalog: Catalog, chunk: int = LOAD_CHUNK) -> FilesetLoader:
     return load
 
 
-def serve_view(config: RepoConfig, mountpoint: Path, passthrough: bool = True) -> None:
+def serve_view(
+    config: RepoConfig, mountpoint: Path, passthrough: bool = True, metrics: str | None = None
+) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
+    with DaemonLock.acquire(config, "view", mountpoint):
+        _serve_view(config, mountpoint, passthrough, metrics)
+
+
+def _serve_view(
+    config: RepoConfig, mountpoint: Path, passthrough: bool, metrics: str | None
+) -> None:
+    if config.omero is None:
+        _log_changes(secure_dir(config.managed_dir))
     backend = open_backend(config)
     catalog = backend.catalog
     try:
@@ -186,7 +206,8 @@ def serve_view(config: RepoConfig, mountpoint: Path, passthrough: bool = True) -
             task_status.started()
             await follow_catalog(view, catalog, config.refresh_interval, ops.lock)
 
-        _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, [follow], "view")
+        tasks = [follow, *_metrics_tasks(metrics, config, "view", view=view)]
+        _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, tasks, "view")
     finally:
         backend.close()
 
@@ -199,13 +220,38 @@ def serve_ingest(
     concurrency: int,
     readable_xattrs: bool = False,
     passthrough: bool = True,
+    metrics: str | None = None,
 ) -> None:
-    """Mount the writable ingest area and serve it until unmounted or signalled."""
-    from omerofs.fs.ingest_ops import IngestOperations
+    """Mount the writable ingest area and serve it until unmounted or signalled. One per
+    repository: a second one fails naming the first (its pid and mountpoint)."""
+    with DaemonLock.acquire(config, "ingest", mountpoint):
+        _serve_ingest(
+            config,
+            prepare_mountpoint(mountpoint),
+            transfer_mode,
+            settle,
+            concurrency,
+            readable_xattrs,
+            passthrough,
+            metrics,
+        )
+
+
+def _serve_ingest(
+    config: RepoConfig,
+    mountpoint: Path,
+    transfer_mode: str,
+    settle: float,
+    concurrency: int,
+    readable_xattrs: bool,
+    passthrough: bool,
+    metrics: str | None,
+) -> None:
     from omerofs.ingest.service import IngestService
     from omerofs.ingest.writers import ignore_lease_breaks
 
-    mountpoint = prepare_mountpoint(mountpoint)
+    for directory in private_dirs(config):
+        _log_changes(secure_dir(directory))
     backend = open_backend(config)
     catalog = backend.catalog
     service = IngestService(config, backend.importer, transfer_mode, settle, concurrency)
@@ -213,7 +259,7 @@ def serve_ingest(
     try:
         service.recover()
         ensure_user_dirs(config, catalog)
-        ops = IngestOperations(
+        ops = _ingest_operations()(
             service, config.staging_dir, catalog.is_member, readable_xattrs, passthrough
         )
 
@@ -227,16 +273,78 @@ def serve_ingest(
                     last = now
                     await trio.to_thread.run_sync(ensure_user_dirs, config, catalog)
 
-        _serve(ops, mountpoint, set(), config.read_ahead_kb, [service.run, follow_users], "ingest")
+        tasks = [
+            service.run,
+            follow_users,
+            *_notifier_tasks(config, catalog),
+            *_metrics_tasks(metrics, config, "ingest"),
+        ]
+        _serve(ops, mountpoint, set(), config.read_ahead_kb, tasks, "ingest")
     finally:
         service.close()
         backend.close()
 
 
+def _ingest_operations() -> type[IngestOperations]:
+    """The ingest handlers, with the mount's root shown as 0755: on disk the staging
+    directory is root's and 0700 (ownership.py), so that users reach their staged files
+    only through the mount, where each user's own 0700 directory guards them."""
+    from omerofs.fs.ingest_ops import IngestOperations
+
+    class GuardedRoot(IngestOperations):
+        def _attr(self, node, st):  # noqa: ANN001, ANN202 - IngestOperations._attr
+            attr = super()._attr(node, st)
+            if node is self.tree.root:
+                attr.st_mode = stat.S_IFDIR | 0o755
+            return attr
+
+    return GuardedRoot
+
+
+def _notifier_tasks(config: RepoConfig, catalog: Catalog) -> list:
+    """The notifier (omerofs/notify) as one more task, only if ``[notify]`` is set."""
+    if not _has_section(config, "notify"):
+        return []
+    try:
+        from omerofs.notify import run_notifier
+    except ImportError as exc:
+        log.warning("[notify] is configured but notifications are unavailable: %s", exc)
+        return []
+    return [partial(run_notifier, config, catalog)]
+
+
+def _has_section(config: RepoConfig, name: str) -> bool:
+    import tomllib
+
+    given = getattr(config, name, None)
+    if given is not None:
+        return bool(given)
+    try:
+        return name in tomllib.loads((config.root / "omerofs.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _metrics_tasks(metrics: str | None, config: RepoConfig, role: str, **sources) -> list:
+    """The Prometheus endpoint (``--metrics ADDR``) as one more task, if asked for."""
+    if not metrics:
+        return []
+    from omerofs import metrics as prom
+
+    return [partial(prom.serve_metrics, metrics, config, role, **sources)]
+
+
+def _log_changes(changes: list[str]) -> None:
+    for line in changes:
+        log.warning("%s", line)
+
+
 def ensure_user_dirs(config: RepoConfig, catalog: Catalog) -> None:
-    """``staging/<user>/``: owned by the user's uid, mode 0700: only they (and root) write."""
+    """``staging/<user>/``: owned by the user's uid, mode 0700: only they (and root) write.
+    The staging directory itself stays private (ownership.py)."""
     staging = config.staging_dir
-    staging.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not staging.is_dir():
+        secure_dir(staging)
     snap = catalog.snapshot_people()
     for exp in snap.experimenters.values():
         if exp.id == 0:
@@ -299,6 +407,7 @@ async def _watch_signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
+            sdnotify.notify("STOPPING=1")
             pyfuse3.terminate()
             return
 
@@ -366,7 +475,10 @@ def spawn_daemon(
     config: RepoConfig, mountpoint: Path, args: list[str], timeout: float = 30.0
 ) -> int:
     """Run ``omerofs ARGS... MOUNTPOINT --foreground`` detached; return its pid once mounted."""
-    mountpoint = prepare_mountpoint(mountpoint)
+    if args[0] == "ingest":  # names the running one, wherever it is mounted
+        check_free(config, "ingest", mountpoint)
+    mountpoint = prepare_mountpoint(mountpoint)  # "already mounted" says it best for a view
+    check_free(config, "view" if args[0] == "mount" else "ingest", mountpoint)
     config.log_dir.mkdir(exist_ok=True)
     log_path = config.log_dir / f"{args[0]}.log"
     command = [
@@ -386,6 +498,7 @@ def spawn_daemon(
             stdout=log_file,
             stderr=log_file,
             start_new_session=True,
+            env={**os.environ, DAEMON_LOG_ENV: str(log_path)},
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -44,6 +44,7 @@ class LocalWriter:
         self.config = config
         self.catalog = catalog
         self.managed = config.managed_dir
+        self.staging_area = config.staging_dir
 
     def write(
         self,
@@ -60,13 +61,15 @@ class LocalWriter:
         final = self.managed / prefix
         staging = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         placed: list[PlacedFile] = []
+        seals: list[transfer.Seal] = []  # ln sources sealed so far, restored on rollback
         try:
             hooks.on_prefix(prefix)
             staging.mkdir()
+            account = transfer.Account.of(self.managed)
             for f in plan.files:
                 dest = staging / f.rel_name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                sha1 = self._place(mode, f.path, dest, hooks)
+                sha1 = self._place(mode, f.path, dest, hooks, account, seals)
                 rel_dir, _, name = (prefix + f.rel_name).rpartition("/")
                 placed.append(
                     PlacedFile(
@@ -94,6 +97,8 @@ class LocalWriter:
                 on_commit=hooks.on_commit,
             )
         except BaseException as exc:
+            for seal in seals:
+                transfer.unseal(seal)
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(final, ignore_errors=True)
             self._prune_empty_parents(final.parent)
@@ -118,10 +123,29 @@ class LocalWriter:
                 if pid.isdigit() and not _alive(int(pid)):
                     shutil.rmtree(tmp, ignore_errors=True)
 
-    @staticmethod
-    def _place(mode: str, source: Path, dest: Path, hooks: ImportHooks) -> str:
+    def _place(
+        self,
+        mode: str,
+        source: Path,
+        dest: Path,
+        hooks: ImportHooks,
+        account: transfer.Account,
+        seals: list[transfer.Seal],
+    ) -> str:
+        """Place one file, sealed as the repository's (docs/repository.md). A staged file
+        is reachable only through its writer's own directory of the ingest mount, so an
+        in-place import of it stays readable to them whatever their umask was."""
+        in_staging = self.staging_area in Path(os.path.abspath(source)).parents
         try:
-            return transfer.place(mode, source, dest, hooks.on_bytes)
+            return transfer.place(
+                mode,
+                source,
+                dest,
+                hooks.on_bytes,
+                seal_as=account,
+                share_read=in_staging,
+                seals=seals,
+            )
         except OSError as exc:
             raise ImportFailed(f"{source}: {exc.strerror or exc}") from None
 
