@@ -127,6 +127,19 @@ class CatalogCache:
         )
         return [fileset_from_json(json.loads(data)) for (data,) in rows]
 
+    # -- small named values (the download policy, ...) -----------------------------------
+
+    def save_value(self, key: str, value: Any) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO omero_state (key, value) VALUES (?, ?)",
+                (key, json.dumps(value)),
+            )
+
+    def load_value(self, key: str) -> Any:
+        rows = self.db.query("SELECT value FROM omero_state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
     # -- outages ----------------------------------------------------------------------
 
     def set_outage(self, error: str | None) -> None:

@@ -38,12 +38,15 @@ from omerofs.catalog.protocol import (
     Membership,
     Snapshot,
 )
-from omerofs.errors import CatalogUnavailable, NotFound, OmerofsError
+from omerofs.errors import AccessDenied, CatalogUnavailable, NotFound, OmerofsError
 from omerofs.identity import IdMap
+from omerofs.policy import KEY as BINARY_ACCESS
+from omerofs.policy import OMERO_DEFAULT, BinaryAccess, parse
 
 log = logging.getLogger(__name__)
 ID_CHUNK = 1000  # ids per ``in (:ids)`` query
 PEOPLE_MAX_AGE = 5.0  # seconds the importer may use a cached list of people and groups
+POLICY_MAX_AGE = 60.0  # seconds a read download policy is used before it is read again
 
 # EventLog entity types after which people, groups or containers must be read again
 _PEOPLE = {"Experimenter", "ExperimenterGroup", "GroupExperimenterMap"}
@@ -70,6 +73,8 @@ class OmeroCatalog:
         self._max_fileset = 0  # never goes down: a rebuild must not drop delivered filesets
         self._entry_index = True  # order entries by index(fe) until the server refuses it
         self._events = records.EventWindow(settings.event_overlap)
+        self._policy: tuple[frozenset[str], dict[int, frozenset[str]]] | None = None
+        self._policy_at = 0.0
 
     def close(self) -> None:
         self.server.close()
@@ -292,6 +297,70 @@ class OmeroCatalog:
             and grp is not None
             and any(m.group_id == grp.id for m in people.memberships if m.experimenter_id == exp.id)
         )
+
+    # -- the download policy --------------------------------------------------------------
+
+    def binary_access(self, group_id: int) -> BinaryAccess:
+        """``omero.policy.binary_access`` for a group's data: the server's value (IConfig)
+        and the group's own config entry (``omerofs.policy`` applies them)."""
+        with self._lock:
+            known, at = self._policy, self._policy_at
+        if known is None or time.monotonic() - at > POLICY_MAX_AGE:
+            try:
+                known = self._read_policy()
+            except CatalogUnavailable as exc:
+                if known is None and self.cache is not None:
+                    saved = self.cache.load_value("binary_access")
+                    if saved is not None:
+                        known = (
+                            frozenset(saved["server"]),
+                            {int(g): frozenset(t) for g, t in saved["groups"].items()},
+                        )
+                if known is None:
+                    raise
+                self._went_stale(exc)
+            with self._lock:
+                self._policy, self._policy_at = known, time.monotonic()
+        server, groups = known
+        return BinaryAccess(server, groups.get(group_id, frozenset()))
+
+    def _read_policy(self) -> tuple[frozenset[str], dict[int, frozenset[str]]]:
+        try:
+            value = self.server.call(lambda sf: sf.getConfigService().getConfigValue(BINARY_ACCESS))
+        except AccessDenied as exc:
+            log.warning("cannot read %s (%s); assuming OMERO's default", BINARY_ACCESS, exc)
+            value = OMERO_DEFAULT
+        try:
+            rows = self._project(
+                "select g.id, c.name, c.value from ExperimenterGroup g join g.config c"
+            )
+        except CatalogUnavailable:
+            raise
+        except OmerofsError as exc:
+            log.warning("cannot read the groups' config (%s): server-wide policy only", exc)
+            rows = []
+        server = parse(value if value is not None else OMERO_DEFAULT)
+        groups = records.group_policies(rows, BINARY_ACCESS)
+        if self.cache is not None:
+            self.cache.save_value(
+                "binary_access",
+                {"server": sorted(server), "groups": {g: sorted(t) for g, t in groups.items()}},
+            )
+        return server, groups
+
+    def plate_filesets(self, ids: list[int]) -> set[int]:
+        """Those of ``ids`` whose images lie in a plate (have WellSamples): the policy's
+        ``plate`` token applies to them."""
+        if not ids:
+            return set()
+        return {
+            fs_id
+            for (fs_id,) in self._by_ids(
+                "select distinct i.fileset.id from WellSample ws join ws.image i "
+                "where i.fileset.id in (:ids)",
+                ids,
+            )
+        }
 
     # -- filesets ---------------------------------------------------------------------
 

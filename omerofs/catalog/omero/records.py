@@ -56,6 +56,16 @@ def scalar(result: Iterable[Iterable[Any]]) -> int:
     return 0
 
 
+def group_policies(result: list[list[Any]], key: str) -> dict[int, frozenset[str]]:
+    """Rows ``[group id, config name, config value]`` -> each group's tokens for ``key``
+    (several entries of the same name add up, as in ``BinaryAccessPolicy``)."""
+    found: dict[int, set[str]] = defaultdict(set)
+    for group_id, name, value in result:
+        if name == key:
+            found[group_id].update(t.strip() for t in str(value or "").split(",") if t.strip())
+    return {g: frozenset(tokens) for g, tokens in found.items()}
+
+
 def newest_linkable(objects: Iterable[Any]) -> int | None:
     """The first (newest, given ``order by id desc``) of ``objects`` the session's user may
     link to, as ``ModelImportTarget`` picks an import target; None if there is none."""
