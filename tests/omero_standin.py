@@ -48,9 +48,12 @@ class Record:
 
 
 class Store:
-    def __init__(self, managed: Path, record: Record, mode: str, algorithm: str) -> None:
+    def __init__(
+        self, managed: Path, record: Record, mode: str, algorithm: str, eager: bool = False
+    ) -> None:
         self.full = managed / record.path / record.name
         self.record, self.mode, self.algorithm = record, mode, algorithm
+        self.eager = eager  # writes visible at once (a local disk), not only after close
         self.pending: list[tuple[bytes, int]] = []
         self.wrote = False
         self.closed = False
@@ -66,6 +69,8 @@ class Store:
             raise omero.SecurityViolation(None, None, "File not writeable!")
         self.pending.append((bytes(data[:length]), offset))
         self.wrote = True
+        if self.eager:
+            self._flush()
 
     def size(self) -> int:
         return os.path.getsize(self.full)
@@ -144,7 +149,13 @@ class Process:
             mode = (ctx or {}).get("omero.fs.mode", "rw")
             if mode == "r" and self.server.unreadable:  # e.g. the server's uid may not read
                 raise omero.ResourceError(None, None, "Permission denied")
-            store = Store(self.server.managed, self.server.files[index], mode, self.algorithm)
+            store = Store(
+                self.server.managed,
+                self.server.files[index],
+                mode,
+                self.algorithm,
+                self.server.eager_writes,
+            )
             self.open[index] = store
         return store
 
@@ -184,6 +195,7 @@ class Server:
     deleted: list[int] = field(default_factory=list)
     reachable: bool = True
     unreadable: bool = False  # the server cannot open placed files
+    eager_writes: bool = False  # a local disk: written bytes visible before close
     process: Process | None = None
     on_delete: Any = None  # called before the server deletes (tests look at the disk then)
 

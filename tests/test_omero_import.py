@@ -14,7 +14,7 @@ import omero
 import omero.clients  # noqa: F401
 import pytest
 from omero.model import DatasetI, PermissionsI
-from omero.rtypes import rlong, rstring
+from omero.rtypes import rlong, rstring, unwrap
 
 from omerofs.catalog.omero import checksums, records
 from omerofs.catalog.omero.catalog import OmeroCatalog
@@ -285,6 +285,37 @@ def test_a_server_that_cannot_create_sessions_is_unavailable(tmp_path: Path) -> 
 # -- item 4: aggregates over empty tables ---------------------------------------------------
 
 
+class EmptyServer:
+    """A server with no EventLog rows and no filesets: ``max`` answers one NULL row."""
+
+    def __init__(self, row: list) -> None:
+        self.row = row
+
+    def getSession(self):
+        return self
+
+    def getQueryService(self):
+        return self
+
+    def projection(self, hql: str, params, ctx):
+        assert hql.startswith("select max(")
+        return [list(self.row)]
+
+    def closeSession(self) -> None:
+        pass
+
+    def __del__(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("row", [[], [None]])
+def test_a_server_with_no_events_yet(tmp_path: Path, row: list) -> None:
+    settings = OmeroSettings("127.0.0.1", 4064, tmp_path / "c.toml", tmp_path)
+    server = EmptyServer(row)
+    catalog = OmeroCatalog(settings, ServerConnection(settings, lambda s: server), IdMap({}, {}))
+    assert catalog.last_event_id() == 0
+
+
 def test_max_over_an_empty_table() -> None:
     assert records.scalar([[rlong(41)]]) == 41
     assert records.scalar([[None]]) == 0  # one NULL row
@@ -310,6 +341,64 @@ def test_events_committed_late_are_delivered_once() -> None:
     assert window.fresh(5, [ev(3), ev(5)]) == []
     assert "ome.model.core.PlaneInfo" not in records.EVENT_TYPES
     assert {"ome.model.core.Image", "ome.model.fs.Fileset"} <= set(records.EVENT_TYPES)
+
+
+class EventLogServer:
+    """The EventLog of a server where an import (Images 501, 502 of fileset 50) commits
+    after events with higher ids (a PlaneInfo row, fileset 60's Image 601)."""
+
+    def __init__(self) -> None:
+        self.committed = [
+            (10, "ome.model.core.PlaneInfo", 1),
+            (12, "ome.model.core.Image", 601),
+        ]
+
+    def commit_late_import(self) -> None:
+        self.committed += [(8, "ome.model.core.Image", 501), (9, "ome.model.core.Image", 502)]
+
+    def getSession(self):
+        return self
+
+    def getQueryService(self):
+        return self
+
+    def projection(self, hql: str, params, ctx):
+        p = {k: unwrap(v) for k, v in params.map.items()}
+        if "from EventLog el" in hql:
+            low, types = max(p["after"], p.get("since", -1)), p.get("types")
+            rows = sorted(
+                (i, t, e) for i, t, e in self.committed if i > low and (not types or t in types)
+            )
+            return [[rlong(i), rstring(t), rlong(e), rstring("INSERT")] for i, t, e in rows]
+        if hql.startswith("select i.id, i.fileset.id from Image i"):
+            return [[rlong(i), rlong(50 if i < 600 else 60)] for i in p["ids"]]
+        if "from Fileset fs where fs.id in (:ids)" in hql:
+            return [[rlong(f), rlong(2), rlong(5), rstring(f"u/{f}/"), None] for f in p["ids"]]
+        return []  # entries, image counts, links: none needed here
+
+    def closeSession(self) -> None:
+        pass
+
+    def __del__(self) -> None:
+        pass
+
+
+def test_an_import_committed_after_later_events_still_arrives(tmp_path: Path) -> None:
+    """``changes`` re-reads an overlap window: the view gets fileset 50 although its
+    Images' EventLog ids (8, 9) are below the position it had reached (12)."""
+    settings = OmeroSettings("127.0.0.1", 4064, tmp_path / "c.toml", tmp_path)
+    server = EventLogServer()
+    catalog = OmeroCatalog(settings, ServerConnection(settings, lambda s: server), IdMap({}, {}))
+    catalog._people = Snapshot(1, experimenters={2: ALICE}, groups={5: LAB})
+    catalog._people_at = time.monotonic() + 1e9
+    first = catalog.changes(7)
+    assert [(e.entity, e.entity_id) for e in first.events] == [("Fileset", 60)]
+    assert first.snapshot.event_id == 12  # the PlaneInfo row was never read
+    server.commit_late_import()
+    second = catalog.changes(first.snapshot.event_id)
+    assert second is not None and 50 in second.snapshot.filesets
+    assert [(e.entity, e.entity_id) for e in second.events] == [("Fileset", 50)]
+    assert catalog.changes(second.snapshot.event_id) is None  # delivered once
 
 
 # -- -T: ModelImportTarget's choice ----------------------------------------------------------
