@@ -631,6 +631,47 @@ def test_webhook_errors_retry_or_give_up(
     assert len(inbox.received()) == 2  # e-mail was never held up
 
 
+def test_incomplete_fileset_is_told_when_still_held_an_hour_later(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, receiver: Receiver, notifiers
+) -> None:
+    """A held fileset (a crashed writer's half file, a run missing parts) may just be a
+    run still being written: told once it is still held an hour after its job was made;
+    one that settles before then is never told."""
+    hold = getattr(queue, "hold", None)
+    if hold is None:
+        pytest.skip("this ingest queue cannot hold incomplete filesets")
+    inbox = smtp.start()
+    clock = Clock()
+    notifier = notifiers(settings(inbox.port, receiver), clock)
+    started(notifier, clock)
+
+    def held(name: str, reason: str) -> Job:
+        root = f"alice/P/D/{name}"
+        return hold(
+            FilesetKey("alice", None, "P", "D", root, False), "ln_rm", {root: (9, 1)}, reason
+        )
+
+    stuck = held("stack.tif", "2 of 3 planes present")
+    settled = held("run.tif", "1 of 2 planes present")
+    notifier.step()
+    deliver(notifier)
+    assert inbox.received() == [] and receiver.requests == []
+    queue.supersede(settled.id)  # the writer finished it: a newer job stands for it
+    clock.now += 3600
+    notifier.step()
+    deliver(notifier)
+    (mail,) = inbox.received()
+    assert mail["Subject"] == "[omerofs] Not imported, incomplete: stack.tif"
+    assert "2 of 3 planes present" in mail.get_content()
+    (doc,) = receiver.bodies()
+    assert doc["event"] == "incomplete" and doc["jobs"][0]["job"] == stuck.id
+    assert doc["text"].startswith("Imaging Facility: the import of P/D/stack.tif (alice) is held")
+    clock.now += 3600
+    notifier.step()
+    deliver(notifier)
+    assert len(inbox.received()) == 1 and len(receiver.requests) == 1
+
+
 def test_damaged_job_row_is_still_told(
     populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers
 ) -> None:

@@ -21,7 +21,10 @@ def parse(section: dict) -> NotifySettings:
 def test_defaults_and_channels() -> None:
     s = parse({"email": dict(EMAIL), "webhook": [dict(HOOK, name="chat")]})
     assert s.email is not None and s.email.port == 587 and s.email.security == "starttls"
-    assert s.digest_interval == 3600 and s.alert_states == ("failed",)
+    assert s.digest_interval == 3600 and s.alert_states == ("failed", "incomplete")
+    assert s.alert_delay == {"incomplete": 3600}  # a run being written is not a problem yet
+    only_failed = parse({"email": EMAIL, "alert_states": ["failed"]})
+    assert only_failed.alert_delay == {}
     assert s.channels == ("email", "webhook:chat")
     ssl = parse({"email": dict(EMAIL, security="ssl")})
     assert ssl.email is not None and ssl.email.port == 465  # the implicit-TLS port
@@ -51,6 +54,12 @@ def test_webhook_name_is_stable_without_one() -> None:
         ({"email": EMAIL, "poll_interval": 0}, "[notify] poll_interval"),
         ({"email": EMAIL, "retry_initial": 60, "retry_max": 10}, "[notify] retry_max"),
         ({"email": EMAIL, "alert_states": ["imported"]}, "[notify] alert_states"),
+        (
+            {"email": EMAIL, "alert_states": ["failed"], "alert_delay": {"incomplete": 5}},
+            "incomplete",
+        ),
+        ({"email": EMAIL, "alert_delay": {"incomplete": -5}}, "[notify] alert_delay incomplete"),
+        ({"email": EMAIL, "alert_delay": 5}, "[notify] alert_delay must be a table"),
         ({"webhook": [{"url": "ftp://x"}]}, "[[notify.webhook]] #1 url"),
         ({"webhook": [{}]}, "[[notify.webhook]] #1 url"),
         ({"webhook": [dict(HOOK, url_file="/etc/u")]}, "[[notify.webhook]] #1 url"),
@@ -71,6 +80,16 @@ def test_bad_settings_name_the_key(section: dict, named: str) -> None:
         parse(section)
     assert named in str(exc.value)
     assert str(WHERE) in str(exc.value)
+
+
+def test_alert_states_are_the_queues_problem_states() -> None:
+    from omerofs.ingest import queue
+
+    if not hasattr(queue, "STATES"):
+        pytest.skip("this ingest queue does not list its states")
+    with pytest.raises(UsageError, match="'faild' is not a problem state"):
+        parse({"email": EMAIL, "alert_states": ["faild"]})
+    assert parse({"email": EMAIL, "alert_states": ["retrying"]}).alert_states == ("retrying",)
 
 
 def test_settings_read_from_omerofs_toml(tmp_path: Path) -> None:

@@ -103,19 +103,33 @@ def summary(doc: dict[str, Any]) -> str:
             lines.append(f"… and {n - TEXT_LINES} more")
         return "\n".join(lines)
     job = jobs[0]
-    what = "failed" if doc["event"] == "failed" else f"is {doc['event']}"
-    lines = [head + f"the import of {shown_path(job)} ({who}) {what}"]
+    lines = [head + f"the import of {shown_path(job)} ({who}) {_what(doc['event'])}"]
     if job["error"]:
         lines.append(f"Reason: {job['error']}")
     lines.append(_advice(doc["event"]))
     return "\n".join(lines)
 
 
+COMMIT = "setfattr -n user.omerofs.commit -v 1 PATH"
+
+
+def _what(event: str) -> str:
+    return {"failed": "failed", "incomplete": "is held back as incomplete"}.get(
+        event, f"is {event}"
+    )
+
+
 def _advice(event: str) -> str:
     if event == "failed":
         return (
             "The files are untouched. Fix the cause, then replace the file or commit again "
-            "(setfattr -n user.omerofs.commit -v 1 PATH) to retry."
+            f"({COMMIT}) to retry."
+        )
+    if event == "incomplete":
+        return (
+            "Nothing was imported and nothing deleted. If the acquisition is still running "
+            "this resolves itself; if it ended, rewrite the missing or damaged parts, or "
+            f"commit ({COMMIT}) to import it as it is."
         )
     return "The files are untouched; `omerofs status` and the report beside them say more."
 
@@ -152,7 +166,10 @@ def subject(doc: dict[str, Any], prefix: str) -> str:
         text = f"{n} {_plural(n, 'fileset')} imported"
     else:
         name = doc["jobs"][0]["name"]
-        text = f"Import failed: {name}" if doc["event"] == "failed" else f"{name}: {doc['event']}"
+        text = {
+            "failed": f"Import failed: {name}",
+            "incomplete": f"Not imported, incomplete: {name}",
+        }.get(doc["event"], f"{name}: {doc['event']}")
     return f"{prefix} {text}".strip()
 
 
@@ -182,7 +199,9 @@ def email_text(doc: dict[str, Any], limit: int) -> str:
         lines.append("this is a test message: notifications from this repository reach you.")
     elif doc["event"] == DIGEST:
         n = doc["counts"]["filesets"]
-        lines.append(f"{n} {_plural(n, 'fileset')} of yours were imported:")
+        lines.append(
+            f"{n} {_plural(n, 'fileset')} of yours {'was' if n == 1 else 'were'} imported:"
+        )
         lines.append("")
         for job in jobs[:limit]:
             target = "/".join(p for p in (job["project"], job["dataset"]) if p) or "(orphaned)"
@@ -194,7 +213,7 @@ def email_text(doc: dict[str, Any], limit: int) -> str:
         lines += ["", f"In all: {total['files']} files, {human_bytes(total['bytes'])}."]
     else:
         job = jobs[0]
-        what = "failed" if doc["event"] == "failed" else f"is {doc['event']}"
+        what = _what(doc["event"])
         lines.append(f"the import of {shown_path(job)} {what} (job {job['job']}, {job['at']}).")
         if job["error"]:
             lines += ["", f"Reason: {job['error']}"]

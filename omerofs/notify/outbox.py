@@ -39,7 +39,7 @@ _JOB_COLUMNS = (
 )  # fmt: skip
 # A failure with one of these in the future is being retried by the ingest service:
 # not a problem to report yet (its row changes again when the retry ends).
-RETRY_COLUMNS = ("next_retry", "retry_at", "next_attempt")
+RETRY_COLUMNS = ("next_try", "next_retry", "retry_at")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS notify_state (
@@ -130,11 +130,15 @@ class NotifyStore:
 
     # -- reading the ingest queue ----------------------------------------------------
 
-    def capture(self, kinds: Iterable[str], now: float) -> int:
+    def capture(
+        self, kinds: Iterable[str], now: float, delays: dict[str, float] | None = None
+    ) -> int:
         """Record every job that reached one of ``kinds`` (or ``imported``) since the
-        cursor; returns how many new events. The first run starts from now: a repository
-        that had notifications off is not told its whole history."""
-        wanted = {IMPORTED, *kinds}
+        cursor; a kind with a delay in ``delays`` only once the job has been in it that
+        long after it was made. Returns how many new events. The first run starts from
+        now: a repository that had notifications off is not told its whole history."""
+        delays = {k: d for k, d in (delays or {}).items() if d > 0}
+        at_once = {IMPORTED, *kinds} - set(delays)
         with self._tx() as db:
             row = db.execute("SELECT value FROM notify_state WHERE key='jobs.cursor'").fetchone()
             if row is None:
@@ -142,37 +146,52 @@ class NotifyStore:
                 return 0
             cursor = float(row[0])
             columns = _columns(db)
-            low = min(cursor, now) - OVERLAP
             changed = db.execute(
                 "SELECT id, state, updated FROM ingest_jobs WHERE updated > ? ORDER BY updated",
-                (low,),
+                (min(cursor, now) - OVERLAP,),
             ).fetchall()
-            new = 0
-            for job_id, state, updated in changed:
-                cursor = max(cursor, float(updated))
-                if state not in wanted:
-                    continue
-                if db.execute(
-                    "SELECT 1 FROM notify_events WHERE job_id=? AND kind=?", (job_id, state)
-                ).fetchone():
-                    continue
-                job = _read_job(db, columns, job_id)
-                if job is None or (state != IMPORTED and _retry_pending(job, now)):
-                    continue
-                db.execute(
-                    "INSERT INTO notify_events (job_id, kind, user, job, seen) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (job_id, state, str(job.get("user", "")), json.dumps(job), now),
-                )
-                new += 1
+            found = [(job_id, state) for job_id, state, _ in changed if state in at_once]
+            cursor = max([cursor, *(float(updated) for _, _, updated in changed)])
+            for state, delay in delays.items():  # held ones: few, found by the state index
+                found += db.execute(
+                    "SELECT id, state FROM ingest_jobs WHERE state=? AND created <= ? AND id > "
+                    "coalesce((SELECT CAST(value AS INTEGER) FROM notify_state "
+                    "WHERE key='jobs.first'), 0)",
+                    (state, now - delay),
+                ).fetchall()
+            new = sum(self._record(db, columns, job_id, state, now) for job_id, state in found)
             self._set_cursor(db, cursor)
         return new
+
+    @staticmethod
+    def _record(
+        db: sqlite3.Connection, columns: list[str], job_id: int, state: str, now: float
+    ) -> bool:
+        if db.execute(
+            "SELECT 1 FROM notify_events WHERE job_id=? AND kind=?", (job_id, state)
+        ).fetchone():
+            return False
+        job = _read_job(db, columns, job_id)
+        if job is None or job.get("state") != state:
+            return False
+        if state != IMPORTED and _retry_pending(job, now):
+            return False
+        db.execute(
+            "INSERT INTO notify_events (job_id, kind, user, job, seen) VALUES (?, ?, ?, ?, ?)",
+            (job_id, state, str(job.get("user", "")), json.dumps(job), now),
+        )
+        return True
 
     @staticmethod
     def _set_cursor(db: sqlite3.Connection, value: float) -> None:
         db.execute(
             "INSERT OR REPLACE INTO notify_state (key, value) VALUES ('jobs.cursor', ?)",
             (repr(value),),
+        )
+        # jobs made before the notifier's first start are history: never told
+        (last,) = db.execute("SELECT coalesce(max(id), 0) FROM ingest_jobs").fetchone()
+        db.execute(
+            "INSERT OR IGNORE INTO notify_state (key, value) VALUES ('jobs.first', ?)", (last,)
         )
 
     def unrouted(self, imported: bool, limit: int = 1000) -> list[Event]:

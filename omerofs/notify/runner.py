@@ -107,7 +107,7 @@ class Notifier:
         """Read new transitions, route alerts, close due digests; returns the number of
         messages routed. Safe to repeat after a crash at any point."""
         now = self.clock()
-        self.store.capture(self.settings.alert_states, now)
+        self.store.capture(self.settings.alert_states, now, self.settings.alert_delay)
         routed = 0
         for event in self.store.unrouted(imported=False):
             deliveries = self._alert(event, now)

@@ -16,12 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from omerofs.errors import UsageError
+from omerofs.ingest import queue
 
 DIGEST = "digest"  # the event name of a success digest (the others are job states)
 EMAIL_LEVELS = ("all", "failures", "none")  # what a user may choose to receive by e-mail
 SECURITY = ("starttls", "ssl", "none")
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 WEBHOOK_FORMATS = ("json", "teams")
+# A fileset held back as incomplete may be a run still being written: tell its user only
+# if it is still held an hour after its job was made.
+DEFAULT_ALERT_DELAY = {"incomplete": 3600.0}
+# States of ingest_jobs that are not problems (the queue may know more states than this
+# version: everything else it lists may be an alert state).
+_NOT_PROBLEMS = ("queued", "importing", "imported", "superseded")
+
+
+def _problem_states() -> tuple[str, ...]:
+    """The queue's problem states, when the queue names its states (else anything goes:
+    this version cannot tell a typo from a state it does not know)."""
+    states = getattr(queue, "STATES", None)
+    if not states:
+        return ()
+    return tuple(s for s in states if s not in _NOT_PROBLEMS)
 
 
 class _Section:
@@ -296,7 +312,10 @@ class NotifySettings:
     email: EmailSettings | None = None
     webhooks: tuple[WebhookSettings, ...] = ()
     digest_interval: float = 3600.0  # seconds a success digest collects imports
-    alert_states: tuple[str, ...] = ("failed",)  # job states told at once
+    alert_states: tuple[str, ...] = ("failed", "incomplete")  # job states told at once...
+    alert_delay: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_ALERT_DELAY)
+    )  # ...or once a job has been in them this long (a run still being written)
     poll_interval: float = 2.0  # seconds between reads of the ingest queue
     retry_initial: float = 30.0  # first retry of a failed delivery, then doubling...
     retry_max: float = 3600.0  # ...up to this
@@ -309,6 +328,7 @@ class NotifySettings:
             "webhook",
             "digest_interval",
             "alert_states",
+            "alert_delay",
             "poll_interval",
             "retry_initial",
             "retry_max",
@@ -321,10 +341,21 @@ class NotifySettings:
     def parse(cls, section: dict[str, Any], where: Path) -> NotifySettings:
         s = _Section(section, "[notify]", where)
         s.reject_unknown(set(cls.KEYS))
-        alert_states = s.names("alert_states", ("failed",))
+        alert_states = s.names("alert_states", ("failed", "incomplete"))
+        known = _problem_states()
         for state in alert_states:
-            if state in ("imported", DIGEST, "test"):
-                raise s.fail("alert_states", f"{state!r} is not a problem state")
+            if state in ("imported", DIGEST, "test") or (known and state not in known):
+                hint = f" (problem states: {', '.join(known)})" if known else ""
+                raise s.fail("alert_states", f"{state!r} is not a problem state{hint}")
+        given = "alert_delay" in section
+        delays = section.get("alert_delay", DEFAULT_ALERT_DELAY)
+        delay_section = _Section(delays, "[notify] alert_delay", where)
+        alert_delay: dict[str, float] = {}
+        for state in delays:
+            if state in alert_states:
+                alert_delay[state] = float(delay_section.number(state, 0, 0))
+            elif given:
+                raise delay_section.fail(state, "is not one of alert_states")
         hooks = section.get("webhook", [])
         if isinstance(hooks, dict):  # [notify.webhook] written for [[notify.webhook]]
             hooks = [hooks]
@@ -347,6 +378,7 @@ class NotifySettings:
             webhooks=webhooks,
             digest_interval=float(s.number("digest_interval", 3600, 0)),
             alert_states=alert_states,
+            alert_delay=alert_delay,
             poll_interval=float(s.number("poll_interval", 2, 0.01, 3600)),
             retry_initial=retry_initial,
             retry_max=retry_max,
