@@ -14,6 +14,7 @@ import pytest
 from omerofs.ingest.queue import JobQueue
 from omerofs.ingest.transfer import sha1_file
 from tests.conftest import MountedView, as_user, make_tiff, needs_fuse, needs_root, wait_for
+from tests.test_ingest_mount import set_ingest
 from tests.test_passthrough import passthrough_state
 
 pytestmark = [needs_fuse, needs_root]
@@ -27,6 +28,7 @@ def _kill(mounted: MountedView) -> None:
 
 
 def _start(repo, mountpoint, transfer: str, settle: float) -> MountedView:
+    set_ingest(repo, run_settle=settle, linger=0)
     return MountedView(
         repo.config.root, mountpoint, ("ingest", "--transfer", transfer, "--settle", str(settle))
     )

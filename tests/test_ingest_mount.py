@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -40,6 +41,17 @@ def wait_state(path, state: str, timeout: float = 30) -> None:
     )
 
 
+def set_ingest(repo, **keys) -> None:
+    """Put ``[ingest]`` keys into the repository's omerofs.toml (before a mount starts)."""
+    toml = repo.config.root / "omerofs.toml"
+    text = toml.read_text()
+    for key, value in keys.items():
+        text = re.sub(rf"(?m)^{key} = .*\n", "", text)
+        rendered = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+        text = text.replace("[ingest]\n", f"[ingest]\n{key} = {rendered}\n", 1)
+    toml.write_text(text)
+
+
 def filesets_from(repo, client_suffix: str) -> list:
     snap = repo.catalog.snapshot()
     return [
@@ -51,15 +63,22 @@ def filesets_from(repo, client_suffix: str) -> list:
 
 @pytest.fixture
 def ingest(populated, mount_view, world_dir):
-    def start(transfer: str = "ln", settle: float = 0.5, name: str = "ingest"):
+    def start(transfer: str = "ln", settle: float = 0.5, name: str = "ingest", **keys):
+        # run directories settle like files and rm-mode names go at once, unless a test
+        # is about those rules
+        set_ingest(populated, **{"run_settle": settle, "linger": 0, **keys})
         mounted = mount_view(
             populated,
             name,
             ("ingest", "--transfer", transfer, "--settle", str(settle), "--xattrs"),
         )
+        started.append(mounted)
         return mounted.mountpoint
 
-    return start
+    started: list = []
+    yield start
+    for mounted in started:  # shown by pytest when the test failed
+        print(f"--- {mounted.log}\n{mounted.log.read_text(errors='replace')}")
 
 
 @pytest.fixture

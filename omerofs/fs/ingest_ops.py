@@ -46,6 +46,7 @@ class Handle:
     writable: bool
     rel: str  # where the tracker counted it
     error: int = 0  # first write error, reported again at flush/fsync
+    failed: int = 0  # a write failed through this handle (kept: its fileset is held)
 
 
 class IngestOperations(pyfuse3.Operations):
@@ -264,9 +265,10 @@ class IngestOperations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._node(parent_inode)
         rel = f"{parent.rel()}/{os.fsdecode(name)}" if parent.rel() else os.fsdecode(name)
-        self.service.check_mutable(rel)
+        self.service.check_mutable(rel, removing=True)
         os.unlink(self._path(rel))
         self.tree.detach(parent, os.fsdecode(name))
+        await self.service.dropped(rel)
         self.service.changed(rel)
 
     @fuse_errors
@@ -275,7 +277,7 @@ class IngestOperations(pyfuse3.Operations):
         if parent is self.tree.root:
             raise pyfuse3.FUSEError(errno.EPERM)
         rel = f"{parent.rel()}/{os.fsdecode(name)}"
-        self.service.check_mutable(rel)
+        self.service.check_mutable(rel, removing=True)
         os.rmdir(self._path(rel))
         self.tree.detach(parent, os.fsdecode(name))
 
@@ -351,6 +353,8 @@ class IngestOperations(pyfuse3.Operations):
         node = self._node(inode)
         rel = node.rel()
         writable = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writable and self.service.is_lingering(rel):  # imported (rm), writer came back
+            await self.service.reopen_imported(rel, bool(flags & os.O_TRUNC))
         if writable:
             self.service.check_mutable(rel)
         fd = os.open(self._path(rel), self._backing_flags(flags) if writable else flags)
@@ -390,6 +394,8 @@ class IngestOperations(pyfuse3.Operations):
             handle = self._handles.get(fh)
             if handle is not None and not handle.error:
                 handle.error = exc.errno or errno.EIO
+            if handle is not None:
+                handle.failed = exc.errno or errno.EIO
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         return done
 
@@ -415,7 +421,7 @@ class IngestOperations(pyfuse3.Operations):
         if handle is not None:
             self.backings.detach(handle.node.inode)
             if handle.writable:
-                self.service.released(handle.rel)
+                self.service.released(handle.rel, handle.failed)
 
     # -- directories -----------------------------------------------------------------
 
@@ -508,7 +514,7 @@ class IngestOperations(pyfuse3.Operations):
     ) -> None:
         rel = self._node(inode).rel()
         if name in ACTION_XATTRS:
-            self.service.commit(rel, self._is_dir(rel))
+            await self.service.commit(rel, self._is_dir(rel))
             return
         if name.startswith(b"user.omerofs."):
             raise pyfuse3.FUSEError(errno.EPERM)

@@ -15,15 +15,51 @@ import fnmatch
 from dataclasses import dataclass
 
 IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "~*", "*~", "*.swp")
+# What desktops leave behind (compared in lower case): never imported, never a failure.
+# Dot names (.DS_Store, ._*, .Trashes, .Spotlight-V100, .fseventsd) and Office locks
+# (~$*) are already hidden or temporary names.
+CLUTTER_PATTERNS = (
+    "thumbs.db",
+    "ehthumbs.db",
+    "ehthumbs_vista.db",
+    "desktop.ini",
+    "$recycle.bin",
+    "recycler",
+    "recycled",
+    "system volume information",
+    "icon\r",
+    "network trash folder",
+    "temporary items",
+)
 ERROR_REPORT_SUFFIX = ".import-error.txt"
 GROUP_PREFIX = "@"
+# Commit markers: ``X.done`` beside a fileset X, or ``.omerofs-commit`` in a directory,
+# close what they name at once; ``.omerofs-commit-only`` in a directory makes everything
+# below it wait for such a commit (software that writes with long pauses).
+DONE_SUFFIX = ".done"
+COMMIT_MARKER = ".omerofs-commit"
+COMMIT_ONLY_MARKER = ".omerofs-commit-only"
 
 
 def is_ignored_name(name: str) -> bool:
-    """Hidden and temporary names wait until renamed to a real name."""
-    return name.endswith(ERROR_REPORT_SUFFIX) or any(
-        fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS
-    )
+    """Hidden and temporary names wait until renamed to a real name; desktop clutter,
+    our reports and commit markers are never imported."""
+    if name.endswith((ERROR_REPORT_SUFFIX, DONE_SUFFIX)):
+        return True
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS):
+        return True
+    lower = name.lower()
+    return any(fnmatch.fnmatchcase(lower, pattern) for pattern in CLUTTER_PATTERNS)
+
+
+def commit_target(rel_path: str) -> str | None:
+    """What a commit marker at ``rel_path`` commits (a staged path), or None."""
+    parent, _, name = rel_path.strip("/").rpartition("/")
+    if name == COMMIT_MARKER and parent:
+        return parent
+    if name.endswith(DONE_SUFFIX) and len(name) > len(DONE_SUFFIX) and parent:
+        return f"{parent}/{name[: -len(DONE_SUFFIX)]}"
+    return None
 
 
 @dataclass(frozen=True)

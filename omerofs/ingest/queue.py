@@ -1,11 +1,19 @@
 """The persistent ingest job queue, in the repository's SQLite file beside the catalog.
 
-States: ``queued`` -> ``importing`` -> ``imported`` | ``failed``. A job becomes
+States: ``queued`` -> ``importing`` -> ``imported`` | ``failed`` | ``retrying``. A job becomes
 ``imported`` in the SAME transaction that records its fileset in the catalog (see
 ``commit_statements``), so after any crash a job is either imported exactly once or not
 at all; ``importing`` after a restart means "not committed, roll back and retry" — unless
 the job was ``handed_off`` to a remote catalog (an OMERO server), which may finish it
 without us: then it is recorded if the catalog has it, and reported otherwise.
+
+Besides: ``incomplete`` (closed, but held back: a failed write, a truncated file, parts
+its main file names are missing; ``error`` says why), ``retrying`` (failed for a passing
+reason; ``next_try`` is when, ``failure`` = 'transient'), ``failed`` (``failure`` =
+'permanent'), ``gone`` (it failed or was held, then its files were removed: no longer a
+problem to show), ``duplicate`` (the same content at the same path was imported before:
+``duplicate_of`` is that job, ``fileset_id`` its fileset under the "link" policy) and
+``superseded`` (the fileset changed; a newer job stands for it).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ CREATE TABLE IF NOT EXISTS ingest_jobs (
     dataset TEXT,
     is_dir INTEGER NOT NULL,
     transfer TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued','importing','imported','failed','superseded')),
+    state TEXT NOT NULL CHECK (state IN ({states})),
     manifest TEXT NOT NULL,
     bytes_total INTEGER NOT NULL DEFAULT 0,
     bytes_done INTEGER NOT NULL DEFAULT 0,
@@ -41,7 +49,10 @@ CREATE TABLE IF NOT EXISTS ingest_jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    handed_off INTEGER NOT NULL DEFAULT 0
+    handed_off INTEGER NOT NULL DEFAULT 0,
+    failure TEXT,
+    next_try REAL,
+    duplicate_of INTEGER
 );
 CREATE INDEX IF NOT EXISTS ingest_jobs_root ON ingest_jobs(root, id);
 CREATE INDEX IF NOT EXISTS ingest_jobs_state ON ingest_jobs(state);
@@ -50,9 +61,28 @@ CREATE TABLE IF NOT EXISTS ingest_files (
     job_id INTEGER NOT NULL REFERENCES ingest_jobs(id),
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    removed INTEGER NOT NULL DEFAULT 0
+    removed INTEGER NOT NULL DEFAULT 0,
+    sha1 TEXT
 );
 """
+STATES = (
+    "queued",
+    "importing",
+    "imported",
+    "failed",
+    "superseded",
+    "incomplete",
+    "retrying",
+    "gone",
+    "duplicate",
+)
+OPEN_STATES = ("queued", "failed", "incomplete", "retrying")  # a newer job replaces these
+_SCHEMA = _SCHEMA.replace("{states}", ",".join(f"'{s}'" for s in STATES))
+_COLUMNS = (
+    "id, root, user, grp, project, dataset, is_dir, transfer, state, manifest, bytes_total, "
+    "bytes_done, prefix, fileset_id, error, attempts, created, updated, handed_off, failure, "
+    "next_try, duplicate_of"
+)
 
 Manifest = dict[str, tuple[int, int]]  # staging-relative path -> (size, mtime_ns)
 
@@ -73,6 +103,9 @@ class Job:
     created: float
     updated: float
     handed_off: bool = False  # a remote catalog took the import over (may finish alone)
+    failure: str | None = None  # 'transient' (retried) or 'permanent'
+    next_try: float | None = None  # unix time of the next automatic try (retrying)
+    duplicate_of: int | None = None  # the earlier job with the same content (duplicate)
 
 
 class JobQueue:
@@ -81,37 +114,108 @@ class JobQueue:
         self._db, self._lock, self._tx = self._store.conn, self._store.lock, self._store.transaction
         try:
             self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(ingest_jobs)")}
-            if "handed_off" not in columns:  # a queue written by an older omerofs
-                self._db.execute(
-                    "ALTER TABLE ingest_jobs ADD COLUMN handed_off INTEGER NOT NULL DEFAULT 0"
-                )
+            self._upgrade()
         except sqlite3.Error as exc:
             self._store.close()
             raise CatalogUnavailable(f"cannot open the ingest queue in {path}: {exc}") from None
+
+    def _upgrade(self) -> None:
+        """A queue written by an older omerofs: new columns, and a state list SQLite can
+        only change by copying the table (its documented procedure: foreign keys off,
+        copy, drop, rename, in one transaction; checked again inside it)."""
+        (sql,) = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='ingest_jobs'"
+        ).fetchone()
+        if "'duplicate'" not in sql:
+            with self._lock:
+                self._db.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with self._tx() as db:
+                        self._copy_jobs_table(db)
+                finally:
+                    self._db.execute("PRAGMA foreign_keys=ON")
+        files = [row[1] for row in self._db.execute("PRAGMA table_info(ingest_files)")]
+        if "sha1" not in files:
+            with self._tx() as db:
+                db.execute("ALTER TABLE ingest_files ADD COLUMN sha1 TEXT")
+
+    @staticmethod
+    def _copy_jobs_table(db: sqlite3.Connection) -> None:
+        (sql,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='ingest_jobs'"
+        ).fetchone()
+        if "'duplicate'" in sql:
+            return  # another process upgraded it meanwhile
+        columns = [row[1] for row in db.execute("PRAGMA table_info(ingest_jobs)")]
+        jobs_sql = _SCHEMA.split("CREATE TABLE IF NOT EXISTS ingest_files")[0]
+        table, *indexes = filter(str.strip, jobs_sql.split(";"))
+        db.execute(table.replace("IF NOT EXISTS ingest_jobs", "ingest_jobs_new"))
+        kept = ", ".join(c for c in columns if c in _COLUMNS.split(", "))
+        db.execute(f"INSERT INTO ingest_jobs_new ({kept}) SELECT {kept} FROM ingest_jobs")
+        db.execute("DROP TABLE ingest_jobs")
+        db.execute("ALTER TABLE ingest_jobs_new RENAME TO ingest_jobs")
+        for statement in indexes:
+            db.execute(statement)
 
     def close(self) -> None:
         self._store.close()
 
     def _rows(self, where: str, params: tuple = ()) -> list[Job]:
         with self._lock:
-            rows = self._db.execute(f"SELECT * FROM ingest_jobs {where}", params).fetchall()
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM ingest_jobs {where}", params
+            ).fetchall()
         return [_job(r) for r in rows]
 
     # -- transitions ---------------------------------------------------------------
 
     def enqueue(self, key: FilesetKey, transfer: str, manifest: Manifest) -> Job:
+        return self._insert(key, transfer, manifest, "queued")
+
+    def hold(self, key: FilesetKey, transfer: str, manifest: Manifest, reason: str) -> Job:
+        """Closed but not imported, not deleted: ``reason`` says what is wrong or missing."""
+        return self._insert(key, transfer, manifest, "incomplete", error=reason)
+
+    def record_duplicate(
+        self,
+        key: FilesetKey,
+        transfer: str,
+        manifest: Manifest,
+        earlier: Job,
+        linked: bool,
+    ) -> Job:
+        """The same content was imported from the same path before (``earlier``)."""
+        return self._insert(
+            key,
+            transfer,
+            manifest,
+            "duplicate",
+            duplicate_of=earlier.id,
+            fileset_id=earlier.fileset_id if linked else None,
+        )
+
+    def _insert(
+        self,
+        key: FilesetKey,
+        transfer: str,
+        manifest: Manifest,
+        state: str,
+        error: str | None = None,
+        duplicate_of: int | None = None,
+        fileset_id: int | None = None,
+    ) -> Job:
         now = time.time()
+        marks = ",".join("?" * len(OPEN_STATES))
         with self._tx() as db:
             db.execute(
                 "UPDATE ingest_jobs SET state='superseded', updated=? "
-                "WHERE root=? AND state IN ('queued','failed')",
-                (now, key.root),
+                f"WHERE root=? AND state IN ({marks})",
+                (now, key.root, *OPEN_STATES),
             )
             cur = db.execute(
                 "INSERT INTO ingest_jobs (root, user, grp, project, dataset, is_dir, transfer, "
-                "state, manifest, bytes_total, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "state, manifest, bytes_total, created, updated, error, duplicate_of, "
+                "fileset_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.root,
                     key.user,
@@ -120,10 +224,14 @@ class JobQueue:
                     key.dataset,
                     int(key.is_dir),
                     transfer,
+                    state,
                     json.dumps(manifest),
                     sum(s for s, _ in manifest.values()),
                     now,
                     now,
+                    error,
+                    duplicate_of,
+                    fileset_id,
                 ),
             )
             job_id = int(cur.lastrowid)
@@ -160,17 +268,74 @@ class JobQueue:
     def fail(self, job_id: int, error: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE ingest_jobs SET state='failed', error=?, prefix=NULL, updated=? WHERE id=?",
+                "UPDATE ingest_jobs SET state='failed', failure='permanent', error=?, "
+                "prefix=NULL, next_try=NULL, updated=? WHERE id=?",
                 (error, time.time(), job_id),
+            )
+
+    def retry_later(self, job_id: int, error: str, next_try: float) -> None:
+        """Failed for a passing reason (server down, disk full, catalog locked)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE ingest_jobs SET state='retrying', failure='transient', error=?, "
+                "prefix=NULL, handed_off=0, next_try=?, updated=? WHERE id=?",
+                (error, next_try, time.time(), job_id),
             )
 
     def requeue(self, job_id: int) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE ingest_jobs SET state='queued', prefix=NULL, handed_off=0, updated=? "
-                "WHERE id=?",
+                "UPDATE ingest_jobs SET state='queued', prefix=NULL, handed_off=0, next_try=NULL, "
+                "updated=? WHERE id=?",
                 (time.time(), job_id),
             )
+
+    def mark_gone(self, root: str) -> list[int]:
+        """The fileset's files were removed: its failure or hold is no longer a problem."""
+        marks = ",".join("?" * len(OPEN_STATES))
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM ingest_jobs WHERE root=? AND state IN ({marks})",
+                    (root, *OPEN_STATES),
+                )
+            ]
+            db.execute(
+                f"UPDATE ingest_jobs SET state='gone', next_try=NULL, updated=? "
+                f"WHERE root=? AND state IN ({marks})",
+                (time.time(), root, *OPEN_STATES),
+            )
+        return ids
+
+    def set_hashes(self, hashes: dict[str, str]) -> None:
+        """SHA1 of imported staged files (for duplicate detection)."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE ingest_files SET sha1=? WHERE path=?", [(h, p) for p, h in hashes.items()]
+            )
+
+    def earlier_imports(self, paths: list[str]) -> dict[str, tuple[int, int, str | None]]:
+        """Imported files recorded at these staged paths: path -> (job, size, sha1)."""
+        found: dict[str, tuple[int, int, str | None]] = {}
+        with self._lock:
+            for path in paths:
+                row = self._db.execute(
+                    "SELECT f.job_id, f.size, f.sha1 FROM ingest_files f JOIN ingest_jobs j "
+                    "ON j.id = f.job_id WHERE f.path=? AND j.state='imported'",
+                    (path,),
+                ).fetchone()
+                if row is not None:
+                    found[path] = (row[0], row[1], row[2])
+        return found
+
+    def imported_count(self, root: str) -> int:
+        """How many times a fileset root was imported (its follow-ups are numbered on)."""
+        with self._lock:
+            (n,) = self._db.execute(
+                "SELECT count(*) FROM ingest_jobs WHERE root=? AND state='imported'", (root,)
+            ).fetchone()
+        return int(n)
 
     def mark_imported(self, job: Job, fileset_id: int) -> None:
         """Record an import the catalog finished but this queue never heard of (a crash
@@ -251,5 +416,7 @@ def _job(row: tuple) -> Job:
     id_, root, user, grp, project, dataset, is_dir, transfer, state, manifest, *rest = row
     key = FilesetKey(user, grp, project, dataset, root, bool(is_dir))
     files = {p: (s, m) for p, (s, m) in json.loads(manifest).items()}
-    *rest, handed_off = rest  # rest: totals .. updated, in order
-    return Job(id_, key, transfer, state, files, *rest, bool(handed_off))
+    *rest, handed_off, failure, next_try, duplicate_of = rest  # totals .. updated, in order
+    return Job(
+        id_, key, transfer, state, files, *rest, bool(handed_off), failure, next_try, duplicate_of
+    )

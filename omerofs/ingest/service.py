@@ -1,18 +1,26 @@
-"""The ingest pipeline: close tracking -> queue -> import -> report, and crash recovery.
+"""The ingest pipeline: close tracking -> checks -> queue -> import -> report, and crash
+recovery.
 
 The FUSE layer tells the service what happens to staged paths (open, release, change,
 commit) and asks it whether a path may still change. The service decides when a fileset
-is closed, persists a job, imports it off the trio loop with bounded concurrency, and
+is closed (settle times, commit-only areas, commit markers), whether it is all there
+(a failed last write, a truncated file, parts its main file names: held as
+``incomplete``), whether it was imported before (duplicates), persists a job, imports it
+off the trio loop with bounded concurrency, retries passing failures with backoff, and
 reports the outcome where the user looks: an error report in the mount (and xattrs with
-``--xattrs``), ``omerofs status``, and the log.
+``--xattrs``), ``omerofs status``, and the log. After an ``*_rm`` import the names stay
+for the linger time, so a writer that comes back finds its directory and its file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
+import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,32 +30,60 @@ from pathlib import Path
 import trio
 from sortedcontainers import SortedSet
 
+from omerofs.catalog.protocol import Fileset
 from omerofs.config import RepoConfig
 from omerofs.errors import Busy, Frozen, OmerofsError, UsageError
 from omerofs.ingest import transfer
-from omerofs.ingest.filesets import plan_fileset
+from omerofs.ingest.failures import is_transient
+from omerofs.ingest.filesets import SourceFileset, plan_fileset
+from omerofs.ingest.holds import completeness, group_files
 from omerofs.ingest.importer import Importer, ImportHooks, Target
 from omerofs.ingest.paths import (
+    COMMIT_MARKER,
+    COMMIT_ONLY_MARKER,
+    DONE_SUFFIX,
     FilesetKey,
+    commit_target,
     fileset_at,
     fileset_of,
     is_ignored_name,
     tracking_key,
 )
 from omerofs.ingest.queue import Job, JobQueue, Manifest
+from omerofs.ingest.settings import IngestRules
 from omerofs.ingest.tracker import CloseTracker
 from omerofs.ingest.writers import open_for_writing
+from omerofs.template import sanitize_name
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the queue
+FOLLOW_UP = "{name}.followup-{n}"  # a run directory's files that came after its import
 
 
 @dataclass(frozen=True)
 class FilesetState:
-    state: str  # open, settling, staged, queued, importing, imported, failed
+    # open, settling, waiting (for a commit), staged, queued, importing, imported, failed,
+    # incomplete, retrying, duplicate
+    state: str
     error: str | None = None
     fileset_id: int | None = None
     job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Closing:
+    """What a closing fileset is: its canonical key (a group's main file), its files."""
+
+    key: FilesetKey
+    manifest: Manifest
+    missing: tuple[str, ...] = ()
+
+
+@dataclass
+class Linger:
+    key: FilesetKey
+    deadline: float  # trio clock
+    files: set[str]
 
 
 class IngestService:
@@ -58,19 +94,30 @@ class IngestService:
         transfer_mode: str,
         settle: float,
         concurrency: int = 2,
+        rules: IngestRules | None = None,
     ) -> None:
         transfer.base_mode(transfer_mode)
         self.config = config
+        self.rules = rules or config.ingest_rules
         self.staging = config.staging_dir
         self.catalog = importer.catalog
         self.queue = JobQueue(config.catalog_path)
         self.importer = importer
         self.transfer = transfer_mode
-        self.tracker = CloseTracker(settle)
+        self.tracker = CloseTracker(settle, self.rules.run_settle)
         self._limiter = trio.CapacityLimiter(max(1, concurrency))
-        self._frozen_roots: SortedSet = SortedSet()
-        self._importing: SortedSet = SortedSet()
+        self._frozen: SortedSet = SortedSet()  # imported in place (non-rm): never change
+        self._lingering: SortedSet = SortedSet()  # imported (rm), names kept a while
+        self._lingers: dict[str, Linger] = {}  # fileset root -> its lingering names
+        self._recovered_lingers: list[tuple[FilesetKey, str, float]] = []
+        self._importing: SortedSet = SortedSet()  # files (and roots) being imported
+        self._importing_roots: set[str] = set()
         self._explicit: set[FilesetKey] = set()
+        self._waiting: set[FilesetKey] = set()  # commit-only: closed, waiting for a commit
+        self._failed_writes: dict[str, str] = {}  # staged file -> why its last write failed
+        self._group_root: dict[str, str] = {}  # a group member's root -> the group's root
+        self._deferred: set[FilesetKey] = set()  # closed while an overlapping import ran
+        self._alone: dict[Path, tuple[int, int, bool]] = {}  # file -> (size, mtime, standalone)
         self._unknown_writers: set[str] = set()  # roots logged as written by unknown handles
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -82,60 +129,168 @@ class IngestService:
 
     # -- what the FUSE layer asks ----------------------------------------------------
 
-    def check_mutable(self, rel: str) -> None:
-        """Raise Frozen/Busy if ``rel`` is, lies in, or contains imported or importing data."""
+    def check_mutable(self, rel: str, removing: bool = False) -> None:
+        """Raise Frozen/Busy if ``rel`` is, lies in, or contains imported or importing
+        data. Lingering names of an ``*_rm`` import may be removed (``removing``)."""
         rel = rel.strip("/")
-        root = _overlapping(rel, self._frozen_roots)
+        root = _overlapping(rel, self._frozen)
         if root is not None:
             raise Frozen(f"{rel}: {root} was imported in place and must not change")
         root = _overlapping(rel, self._importing)
         if root is not None:
             raise Busy(f"{rel}: {root} is being imported")
+        if not removing:
+            root = _overlapping(rel, self._lingering)
+            if root is not None:
+                raise Frozen(f"{rel}: {root} was imported and is removed soon")
+
+    def is_lingering(self, rel: str) -> bool:
+        return rel.strip("/") in self._lingering
+
+    async def reopen_imported(self, rel: str, truncate: bool) -> None:
+        """A writer reopens a file that was imported (``*_rm``) while its name lingers:
+        it gets a file of its own (with ``ln_rm`` the name still shares its inode with the
+        ManagedRepository copy, which must never change), and what it writes becomes a
+        new import; the earlier one keeps what it had."""
+        rel = rel.strip("/")
+        await trio.to_thread.run_sync(self._copy_up, self.staging / rel, truncate)
+        self._lingering.discard(rel)
+        for linger in self._lingers.values():
+            linger.files.discard(rel)
+        await trio.to_thread.run_sync(self.queue.mark_removed, [rel])
+        log.warning(
+            "%s was opened for writing again after its import; it continues as a new "
+            "file and is imported again when closed (the earlier import keeps what it had)",
+            rel,
+        )
+
+    @staticmethod
+    def _copy_up(path: Path, truncate: bool) -> None:
+        st = os.lstat(path)
+        tmp = path.with_name(f".{path.name}.omerofs-reopened")
+        if truncate:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(st.st_mode))
+            os.close(fd)
+        else:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+
+    async def dropped(self, rel: str) -> None:
+        """A lingering name was removed by its user (it was imported: nothing lost)."""
+        rel = rel.strip("/")
+        if rel in self._lingering:
+            self._lingering.discard(rel)
+            await trio.to_thread.run_sync(self.queue.mark_removed, [rel])
 
     def opened(self, rel: str) -> None:
         key = tracking_key(rel)
         if key is not None:
             self.tracker.opened(key)
+            self._waiting.discard(key)
 
-    def released(self, rel: str) -> None:
+    def released(self, rel: str, write_error: int = 0) -> None:
+        """A writable handle was closed; ``write_error`` is the errno a write met."""
+        if write_error:
+            self._failed_writes[rel] = os.strerror(write_error)
+        else:
+            self._failed_writes.pop(rel, None)
         key = tracking_key(rel)
         if key is not None:
             self.tracker.released(key, trio.current_time())
+            if key in self._explicit:  # committed while open: closes at its last release
+                self.tracker.commit(key, trio.current_time())
             self._poke()
 
     def changed(self, rel: str) -> None:
         """A staged file was created, written, renamed, truncated or removed."""
         key = tracking_key(rel)
         if key is not None:
+            self._waiting.discard(key)
             self.tracker.changed(key, trio.current_time())
             self._poke()
+        if commit_target(rel) is not None and self._nursery is not None:
+            self._nursery.start_soon(self._marker_written, rel)
 
-    def commit(self, rel: str, is_dir: bool) -> None:
-        """Explicit commit (or retry) of the fileset ``rel`` belongs to or is the root of."""
+    async def commit(self, rel: str, is_dir: bool) -> None:
+        """Explicit commit (or retry) of the fileset ``rel`` belongs to or is the root of;
+        for another directory (a Dataset's), of every fileset in it."""
         key = fileset_at(rel, is_dir)
-        if key is None:
+        if key is not None:
+            self._commit_key(key)
+            return
+        keys = await trio.to_thread.run_sync(self._keys_in, rel) if is_dir else []
+        if not keys:
             raise UsageError(f"{rel} is not part of a fileset")
+        busy = [k.root for k in keys if self.tracker.is_open(k)]
+        if busy:
+            raise Busy(f"{busy[0]} still has open files")
+        for k in keys:
+            self._commit_key(k)
+
+    def _commit_key(self, key: FilesetKey) -> None:
         if not self.tracker.commit(key, trio.current_time()):
             raise Busy(f"{key.root} still has open files")
         self._explicit.add(key)
+        self._waiting.discard(key)
+        self._poke()
+
+    def _keys_in(self, rel: str) -> list[FilesetKey]:
+        """The filesets of the files directly in directory ``rel`` and of the run
+        directories directly below it."""
+        keys = set()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.staging / rel):
+                child = f"{rel.strip('/')}/{entry.name}"
+                key = fileset_at(child, entry.is_dir(follow_symlinks=False))
+                done = child in self._lingering or child in self._frozen
+                if key is not None and not done:
+                    keys.add(key)
+        return sorted(keys, key=lambda k: k.root)
+
+    async def _marker_written(self, rel: str) -> None:
+        """``X.done`` or ``.omerofs-commit`` appeared: commit what it names (once the
+        marker's own writer has closed it, and the fileset's writers theirs)."""
+        target = commit_target(rel)
+        assert target is not None
+        is_dir = await trio.to_thread.run_sync(os.path.isdir, self.staging / target)
+        exists = await trio.to_thread.run_sync(os.path.lexists, self.staging / target)
+        if not exists:
+            return  # X.done before X: X's close finds the marker
+        key = fileset_at(target, is_dir)
+        keys = [key] if key is not None else await trio.to_thread.run_sync(self._keys_in, target)
+        for k in keys:
+            self._explicit.add(k)
+            self._waiting.discard(k)
+            self.tracker.commit(k, trio.current_time())  # refused while open: closes on release
+        if key is None and keys:  # a directory-wide marker is used up at once
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(os.unlink, self.staging / rel)
         self._poke()
 
     async def state(self, rel: str, is_dir: bool) -> FilesetState | None:
         key = fileset_at(rel, is_dir)
         if key is None:
             return None
-        if key.root in self._importing:
-            job = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
+        root = self._group_root.get(key.root, key.root)
+        if root in self._importing_roots:
+            job = await trio.to_thread.run_sync(self.queue.latest_for, root)
             return FilesetState("importing", job_id=job.id if job else None)
         if self.tracker.is_open(key):
             return FilesetState("open")
         if self.tracker.pending(key):
             return FilesetState("settling")
-        job = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
-        if job is None:
+        if key in self._waiting:
+            return FilesetState("waiting", "waiting for a commit (commit-only)")
+        job = await trio.to_thread.run_sync(self.queue.latest_for, root)
+        if job is None or job.state in ("superseded", "gone"):
             return FilesetState("staged")
-        if job.state == "imported" and key.root not in self._frozen_roots:
-            return FilesetState("staged")  # an rm-mode import was removed; this is new data
+        rel = rel.strip("/")
+        if job.state == "imported" and not (
+            _overlapping(rel, self._frozen) or _overlapping(rel, self._lingering)
+        ):
+            return FilesetState("staged")  # new data where an earlier import was
         return FilesetState(job.state, job.error, job.fileset_id, job.id)
 
     # -- the loop --------------------------------------------------------------------
@@ -146,8 +301,14 @@ class IngestService:
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            now = trio.current_time()
+            for key, path, wall_deadline in self._recovered_lingers:
+                self._linger(key, {path}, now + max(0.0, wall_deadline - time.time()))
+            self._recovered_lingers.clear()
             for job in await trio.to_thread.run_sync(self.queue.in_state, "queued"):
                 nursery.start_soon(self._run_job, job.id)
+            for job in await trio.to_thread.run_sync(self.queue.in_state, "retrying"):
+                nursery.start_soon(self._retry_at, job.id, job.next_try or 0.0)
             unsettled = await trio.to_thread.run_sync(self.unsettled)
             for key in unsettled:
                 self.tracker.changed(key, trio.current_time())
@@ -155,58 +316,293 @@ class IngestService:
                 log.info("found %d staged filesets to settle and import", len(unsettled))
             task_status.started()
             while True:
-                deadline = self.tracker.next_deadline()
-                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                deadlines = [self.tracker.next_deadline()]
+                deadlines += [linger.deadline for linger in self._lingers.values()]
+                deadline = min((d for d in deadlines if d is not None), default=math.inf)
+                with trio.move_on_at(deadline):
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                for key in self.tracker.pop_due(trio.current_time()):
+                now = trio.current_time()
+                for key in self.tracker.pop_due(now):
                     nursery.start_soon(self._close, key)
+                for root in [r for r, linger in self._lingers.items() if linger.deadline <= now]:
+                    nursery.start_soon(self._end_linger, self._lingers.pop(root))
 
     async def _close(self, key: FilesetKey) -> None:
+        """One fileset's close; whatever goes wrong is logged, never the daemon's end."""
+        try:
+            await self._close_unguarded(key)
+        except Exception as exc:
+            log.exception("closing %s failed", key.root)
+            if is_transient(exc):  # e.g. the catalog is down: try again later
+                self.tracker.changed(key, trio.current_time() + self.rules.retry_initial)
+                self._poke()
+
+    async def _close_unguarded(self, key: FilesetKey) -> None:
         explicit = key in self._explicit
         self._explicit.discard(key)
-        if key.root in self._frozen_roots or key.root in self._importing:
+        closing = await trio.to_thread.run_sync(self._closing, key)
+        if closing is None:
             return
-        manifest = await trio.to_thread.run_sync(self.manifest, key)
+        key = closing.key
+        explicit = explicit or key in self._explicit
+        self._explicit.discard(key)
+        manifest = closing.manifest
+        if key.root in self._importing_roots:
+            self._deferred.add(key)  # looked at again once that import is done
+            return
         if not manifest:
+            self.paths_changed(await trio.to_thread.run_sync(self._gone, key))
             return
+        if self._members_busy(key, manifest):
+            if explicit:
+                self._explicit.add(key)
+            return  # a member still open or settling: its own close comes back here
         if await trio.to_thread.run_sync(self._still_written, key, manifest):
             if explicit:
                 self._explicit.add(key)
             self._settle_again(key)
             return
+        explicit = explicit or await trio.to_thread.run_sync(self._has_marker, key)
+        if not explicit and await trio.to_thread.run_sync(self._commit_only, key):
+            if key not in self._waiting:
+                log.info("%s closed; waiting for a commit (commit-only)", key.root)
+            self._waiting.add(key)
+            return
+        self._waiting.discard(key)
         latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
         if latest is not None and same_files(latest.manifest, manifest):
-            if latest.state == "queued":
+            if latest.state in ("queued", "retrying"):
                 return  # already waiting
-            if latest.state == "failed" and not explicit:
-                return  # unchanged since it failed: wait for a fix or an explicit retry
+            if latest.state in ("failed", "duplicate") and not explicit:
+                return  # unchanged since: wait for a fix or an explicit retry
+        if not explicit:
+            reason = await trio.to_thread.run_sync(self._hold_reason, closing)
+            if reason is not None:
+                if latest is None or latest.state != "incomplete" or latest.error != reason or (
+                    not same_files(latest.manifest, manifest)
+                ):
+                    self.paths_changed(
+                        await trio.to_thread.run_sync(self._hold, key, manifest, reason)
+                    )
+                return
+            if await trio.to_thread.run_sync(self._skip_duplicate, key, manifest):
+                self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
+                if transfer.removes_source(self.transfer):  # they go as the import's went
+                    self._linger(key, set(manifest), trio.current_time() + self.rules.linger)
+                return
         job = await trio.to_thread.run_sync(self.queue.enqueue, key, self.transfer, manifest)
+        self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
         log.info("fileset %s closed: queued as job %d (%d files)", key.root, job.id, len(manifest))
         assert self._nursery is not None
         self._nursery.start_soon(self._run_job, job.id)
 
+    def _members_busy(self, key: FilesetKey, manifest: Manifest) -> bool:
+        if key.is_dir:
+            return self.tracker.is_open(key) or self.tracker.pending(key)
+        for path in manifest:
+            member = fileset_of(path)
+            if member is not None and (
+                self.tracker.is_open(member) or self.tracker.pending(member)
+            ):
+                return True
+        return False
+
+    # -- what a closing fileset is (worker threads) ----------------------------------
+
+    def _closing(self, key: FilesetKey) -> Closing | None:
+        """The fileset ``key`` belongs to as it is now: for a file, the group its
+        directory's files form with it (a multi-file OME-TIFF dropped into a Dataset
+        directory is one fileset, whatever order its files came in)."""
+        if key.is_dir:
+            manifest = self._dir_manifest(key)
+            missing: list[str] = []
+            files = [self.staging / p for p in manifest]
+            for group in group_files(files):
+                missing.extend(group.missing)
+            return Closing(key, manifest, tuple(missing))
+        path = self.staging / key.root
+        siblings = self._loose_files(path.parent)
+        if path not in siblings:
+            return Closing(key, {})
+        if all(self._standalone(p) for p in siblings):
+            return Closing(key, self._file_manifest(key))
+        for group in group_files(siblings):
+            if path in group.files:
+                main = os.path.relpath(group.main, self.staging)
+                canonical = fileset_of(main) or key
+                manifest: Manifest = {}
+                for member in group.files:
+                    rel = os.path.relpath(member, self.staging)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.lstat(member)
+                        manifest[rel] = (st.st_size, st.st_mtime_ns)
+                    self._group_root[rel] = canonical.root
+                return Closing(canonical, manifest, tuple(group.missing))
+        return Closing(key, self._file_manifest(key))
+
+    def _standalone(self, path: Path) -> bool:
+        """A file that is a whole fileset by itself, naming no other file (most are):
+        asked once per version of the file, so a directory of thousands of single files
+        is not regrouped at every close."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        known = self._alone.get(path)
+        if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+            return known[2]
+        (group,) = group_files([path]) or [None]
+        alone = group is None or (tuple(group.files) == (path,) and not group.missing)
+        self._alone[path] = (st.st_size, st.st_mtime_ns, alone)
+        return alone
+
+    def _file_manifest(self, key: FilesetKey) -> Manifest:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.staging / key.root)
+            if stat.S_ISREG(st.st_mode):
+                return {key.root: (st.st_size, st.st_mtime_ns)}
+        return {}
+
+    def _loose_files(self, directory: Path) -> list[Path]:
+        """The files of a directory that form file filesets (not imported, not ignored)."""
+        found = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                if not entry.is_file(follow_symlinks=False) or is_ignored_name(entry.name):
+                    continue
+                rel = os.path.relpath(entry.path, self.staging)
+                if rel in self._frozen or rel in self._lingering or fileset_of(rel) is None:
+                    continue
+                found.append(Path(entry.path))
+        return sorted(found)
+
     def manifest(self, key: FilesetKey) -> Manifest:
         """The files of a fileset as they are now: path -> (size, mtime_ns)."""
+        if key.is_dir:
+            return self._dir_manifest(key)
+        closing = self._closing(key)
+        return closing.manifest if closing is not None else {}
+
+    def _dir_manifest(self, key: FilesetKey) -> Manifest:
+        """Files below a run directory, except those already imported (a follow-up)."""
         root = self.staging / key.root
         found: Manifest = {}
         try:
-            if not key.is_dir:
-                st = os.lstat(root)
-                if os.path.isfile(root) and not os.path.islink(root):
-                    found[key.root] = (st.st_size, st.st_mtime_ns)
-                return found
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
                 for name in filenames:
                     path = os.path.join(dirpath, name)
                     if is_ignored_name(name) or os.path.islink(path):
                         continue
+                    rel = os.path.relpath(path, self.staging)
+                    if rel in self._frozen or rel in self._lingering:
+                        continue
                     st = os.lstat(path)
-                    found[os.path.relpath(path, self.staging)] = (st.st_size, st.st_mtime_ns)
+                    found[rel] = (st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             return {}
         return found
+
+    def _hold_reason(self, closing: Closing) -> str | None:
+        """Why a closed fileset is not imported as it is (held ``incomplete``), or None."""
+        for path in closing.manifest:
+            if path in self._failed_writes:
+                name = path.rsplit("/", 1)[-1]
+                return f"{name}: its last write failed ({self._failed_writes[path]})"
+        if closing.missing:
+            present = len(closing.manifest)
+            total = present + len(closing.missing)
+            shown = ", ".join(closing.missing[:3]) + (", ..." if len(closing.missing) > 3 else "")
+            return f"{present} of {total} files present; waiting for {shown}"
+        for path in closing.manifest:
+            try:
+                reason = completeness(self.staging / path)
+            except OSError:
+                continue
+            if reason:
+                return f"{path.rsplit('/', 1)[-1]}: {reason}"
+        return None
+
+    def _hold(self, key: FilesetKey, manifest: Manifest, reason: str) -> list[str]:
+        job = self.queue.hold(key, self.transfer, manifest, reason)
+        self._write_report(job, reason, kind="incomplete")
+        log.warning("fileset %s held as incomplete (job %d): %s", key.root, job.id, reason)
+        return [key.error_report]
+
+    def _commit_only(self, key: FilesetKey) -> bool:
+        if self.rules.commit_only or key.user in self.rules.commit_only_users:
+            return True
+        parts = key.root.split("/")
+        upto = len(parts) if key.is_dir else len(parts) - 1
+        return any(
+            os.path.exists(self.staging / "/".join(parts[:i]) / COMMIT_ONLY_MARKER)
+            for i in range(1, upto + 1)
+        )
+
+    def _markers(self, key: FilesetKey) -> list[Path]:
+        root = self.staging / key.root
+        found = [root.with_name(root.name + DONE_SUFFIX)]
+        if key.is_dir:
+            found.append(root / COMMIT_MARKER)
+        return found
+
+    def _has_marker(self, key: FilesetKey) -> bool:
+        return any(os.path.lexists(m) for m in self._markers(key))
+
+    def _use_up_markers(self, key: FilesetKey) -> list[str]:
+        used = []
+        for marker in self._markers(key):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+                used.append(os.path.relpath(marker, self.staging))
+        return used
+
+    def _gone(self, key: FilesetKey) -> list[str]:
+        """Its files were removed: a failure or hold of it is no longer a problem."""
+        ids = self.queue.mark_gone(key.root)
+        if not ids:
+            return []
+        self._remove_report(key)
+        log.info("fileset %s was removed; job(s) %s no longer shown", key.root, ids)
+        return [key.error_report]
+
+    def _skip_duplicate(self, key: FilesetKey, manifest: Manifest) -> bool:
+        """The same content (size + SHA1) imported before from the same paths by the same
+        user: under the "link" and "skip" policies it is not imported again."""
+        if self.rules.duplicates == "import":
+            return False
+        earlier = self.queue.earlier_imports(list(manifest))
+        if len(earlier) != len(manifest):
+            return False
+        jobs = {job_id for job_id, _, _ in earlier.values()}
+        if len(jobs) != 1:
+            return False
+        job = self.queue.job(jobs.pop())
+        if job.key.user != key.user or job.manifest.keys() != manifest.keys():
+            return False
+        for path, (_, size, sha1) in earlier.items():
+            if sha1 is None or size != manifest[path][0]:
+                return False
+        for path, (_, _, sha1) in earlier.items():
+            if transfer.sha1_file(self.staging / path) != sha1:
+                return False
+        if job.prefix and self.catalog.fileset_by_prefix(job.prefix) is None:
+            return False  # the earlier fileset was deleted since: import it again
+        linked = self.rules.duplicates == "link"
+        dup = self.queue.record_duplicate(key, self.transfer, manifest, job, linked)
+        log.info(
+            "fileset %s is the same content as job %d (fileset %s): not imported again "
+            "(duplicates = %s; job %d)",
+            key.root,
+            job.id,
+            job.fileset_id,
+            self.rules.duplicates,
+            dup.id,
+        )
+        return True
+
+    # -- importing -------------------------------------------------------------------
 
     async def _run_job(self, job_id: int) -> None:
         async with self._limiter:
@@ -214,15 +610,20 @@ class IngestService:
             if job.state != "queued":
                 return
             key = job.key
-            if self.tracker.is_open(key) or self.tracker.pending(key):
+            if self._members_busy(key, job.manifest):
                 await trio.to_thread.run_sync(self.queue.supersede, job.id)
                 return  # it changed after it was queued: the next close queues it again
             current = await trio.to_thread.run_sync(self.manifest, key)
             if not same_files(current, job.manifest):
                 await trio.to_thread.run_sync(self.queue.supersede, job.id)
-                self._settle_again(key)
+                if current:
+                    self._settle_again(key)
+                else:
+                    self.paths_changed(await trio.to_thread.run_sync(self._gone, key))
                 return
-            self._importing.add(key.root)  # no new handle from here on (EBUSY)
+            busy = [key.root, *job.manifest]
+            self._importing.update(busy)  # no new handle on these from here on (EBUSY)
+            self._importing_roots.add(key.root)
             try:
                 if await trio.to_thread.run_sync(self._still_written, key, current):
                     await trio.to_thread.run_sync(self.queue.supersede, job.id)
@@ -230,8 +631,21 @@ class IngestService:
                     return
                 outcome = await trio.to_thread.run_sync(self._import_job, job)
             finally:
-                self._importing.discard(key.root)
+                self._importing.difference_update(busy)
+                self._importing_roots.discard(key.root)
+                for waiting in [k for k in self._deferred]:
+                    self._deferred.discard(waiting)
+                    self._settle_again(waiting)
             self._after(job, outcome)
+
+    async def _retry_at(self, job_id: int, when: float) -> None:
+        """A passing failure: try again at ``when`` (unix time, persisted in the queue)."""
+        await trio.sleep(max(0.0, when - time.time()))
+        job = await trio.to_thread.run_sync(self.queue.job, job_id)
+        if job.state != "retrying":
+            return  # changed, committed or removed meanwhile
+        await trio.to_thread.run_sync(self.queue.requeue, job_id)
+        await self._run_job(job_id)
 
     def _settle_again(self, key: FilesetKey) -> None:
         self.tracker.changed(key, trio.current_time())
@@ -253,12 +667,38 @@ class IngestService:
             )
         return True
 
-    def _import_job(self, job: Job) -> tuple[int | None, list[str], str | None]:
-        """Runs in a worker thread: the import itself. Returns (fileset, removed, error)."""
+    def _plan(self, job: Job) -> SourceFileset:
+        """The fileset's files, main file first; a run directory imported before gets its
+        later files as a clearly named follow-up (``run2.followup-1/...``)."""
+        key = job.key
+        include = {self.staging / p for p in job.manifest}
+        if not key.is_dir:
+            main = self.staging / key.root
+            plan = plan_fileset(main)
+            others = sorted(p for p in include if p != main)
+            extra = tuple(
+                dataclasses.replace(
+                    plan.main, path=p, rel_name=sanitize_name(p.name), client_path=str(p)[1:]
+                )
+                for p in others
+            )
+            return SourceFileset(plan.root, plan.files + extra)
+        plan = plan_fileset(self.staging / key.root, include=lambda p: p in include)
+        earlier = self.queue.imported_count(key.root)
+        if not earlier:
+            return plan
+        top = plan.main.rel_name.split("/", 1)[0]
+        renamed = FOLLOW_UP.format(name=top, n=earlier)
+        files = tuple(
+            dataclasses.replace(f, rel_name=renamed + f.rel_name[len(top) :]) for f in plan.files
+        )
+        return SourceFileset(plan.root, files)
+
+    def _import_job(self, job: Job) -> tuple[int | None, str | None]:
+        """Runs in a worker thread: the import itself. Returns (fileset, error)."""
         key = job.key
         self.queue.start(job.id)
         self._remove_report(key)
-        removed: list[str] = []
         done = [0, time.monotonic()]
 
         def on_bytes(n: int) -> None:
@@ -267,36 +707,22 @@ class IngestService:
                 done[1] = time.monotonic()
                 self.queue.progress(job.id, done[0])
 
-        def on_removed(paths: list[Path]) -> None:
-            removed.extend(os.path.relpath(p, self.staging) for p in paths)
-
         try:
             owner, group = self.importer.resolve_identity(key.user, key.group)
-            include = {self.staging / p for p in job.manifest}
-            plan = plan_fileset(self.staging / key.root, include=lambda p: p in include)
+            plan = self._plan(job)
             hooks = ImportHooks(
                 on_prefix=lambda prefix: self.queue.set_prefix(job.id, prefix),
                 on_handoff=lambda: self.queue.hand_off(job.id),
                 on_bytes=on_bytes,
                 on_commit=self.queue.commit_statements(job),
-                on_removed=on_removed,
             )
-            fileset = self.importer.import_fileset(
-                plan, owner, group, job.transfer, Target(key.project, key.dataset), hooks
-            )
-        except OmerofsError as exc:
-            self.queue.fail(job.id, str(exc))
-            self._write_report(job, str(exc))
-            log.error("ingest job %d (%s) failed: %s", job.id, key.root, exc)
-            return None, [], str(exc)
-        except Exception as exc:  # a bug: still reported, files still untouched
-            log.exception("ingest job %d (%s) crashed", job.id, key.root)
-            message = f"internal error: {exc!r}"
-            self.queue.fail(job.id, message)
-            self._write_report(job, message)
-            return None, [], message
-        if removed:
-            self.queue.mark_removed(removed)
+            fileset = self._write(plan, owner, group, job, hooks)
+        except Exception as exc:
+            return None, self._failed(job, exc)
+        try:
+            self._record_hashes(fileset)
+        except Exception:  # only duplicate detection misses these: never the import
+            log.exception("could not record the hashes of job %d", job.id)
         log.info(
             "ingest job %d: %s imported as fileset %d (%s)",
             job.id,
@@ -304,33 +730,163 @@ class IngestService:
             fileset.id,
             job.transfer,
         )
-        return fileset.id, removed, None
+        return fileset.id, None
 
-    def _after(self, job: Job, outcome: tuple[int | None, list[str], str | None]) -> None:
-        fileset_id, removed, error = outcome
+    def _write(
+        self, plan: SourceFileset, owner, group, job: Job, hooks: ImportHooks
+    ) -> Fileset:
+        """The importer's rules and writer, but the ``*_rm`` removal is ours: the names
+        linger (``_end_linger``) instead of vanishing under a writer that comes back."""
+        self.importer._refuse_repository_sources(plan)
+        target = Target(job.key.project, job.key.dataset)
+        return self.importer.writer.write(plan, owner, group, job.transfer, target, hooks)
+
+    def _failed(self, job: Job, exc: Exception) -> str:
         key = job.key
-        changed = list(removed) + [key.error_report]
-        if fileset_id is not None and not transfer.removes_source(job.transfer):
-            self._frozen_roots.add(key.root)
-        if fileset_id is not None and key.is_dir and transfer.removes_source(job.transfer):
-            changed.append(key.root)
+        if isinstance(exc, OmerofsError):
+            message = str(exc)
+        else:  # a bug, or an error nobody wrapped: still reported, files still untouched
+            log.exception("ingest job %d (%s) crashed", job.id, key.root)
+            message = f"internal error: {exc!r}"
+        if is_transient(exc):
+            attempts = job.attempts + 1
+            delay = self.rules.backoff(attempts)
+            when = time.time() + delay
+            self.queue.retry_later(job.id, message, when)
+            self._write_report(job, message, kind="retrying", next_try=when)
+            log.warning(
+                "ingest job %d (%s) failed for a passing reason, retried in %.0f s "
+                "(attempt %d): %s",
+                job.id,
+                key.root,
+                delay,
+                attempts,
+                message,
+            )
+        else:
+            self.queue.fail(job.id, message)
+            self._write_report(job, message)
+            log.error("ingest job %d (%s) failed: %s", job.id, key.root, message)
+        return message
+
+    def _record_hashes(self, fileset: Fileset) -> None:
+        hashes = {}
+        for entry in fileset.entries:
+            rel = os.path.relpath("/" + entry.client_path, self.staging)
+            if not rel.startswith(".."):
+                hashes[rel] = entry.hash
+        self.queue.set_hashes(hashes)
+
+    def _after(self, job: Job, outcome: tuple[int | None, str | None]) -> None:
+        fileset_id, _ = outcome
+        key = job.key
+        changed = [key.error_report]
+        if fileset_id is None:
+            job = self.queue.job(job.id)
+            if job.state == "retrying" and job.next_try is not None:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._retry_at, job.id, job.next_try)
+        elif transfer.removes_source(job.transfer):
+            self._linger(key, set(job.manifest), trio.current_time() + self.rules.linger)
+        else:
+            self._frozen.update(job.manifest)
         self.paths_changed(changed)
+
+    # -- lingering names of *_rm imports ---------------------------------------------
+
+    def _linger(self, key: FilesetKey, files: set[str], deadline: float) -> None:
+        files = {f for f in files if f}
+        self._lingering.update(files)
+        linger = self._lingers.get(key.root)
+        if linger is None:
+            self._lingers[key.root] = Linger(key, deadline, files)
+        else:
+            linger.files |= files
+            linger.deadline = max(linger.deadline, deadline)
+        self._poke()
+
+    async def _end_linger(self, linger: Linger) -> None:
+        """The linger time passed: remove the imported names (if unchanged) and, for a
+        run directory, its empty directories — unless a writer is back in it."""
+        key = linger.key
+        if self._writer_back(key):
+            self._linger(key, linger.files, trio.current_time() + max(self.rules.linger, 0.05))
+            return
+        removed = await trio.to_thread.run_sync(self._remove_lingering, key, linger.files)
+        self._lingering.difference_update(linger.files)
+        self.paths_changed(removed)
+
+    def _writer_back(self, key: FilesetKey) -> bool:
+        if self.tracker.is_open(key) or self.tracker.pending(key):
+            return True
+        if key.root in self._importing_roots:
+            return True
+        return key.is_dir and _overlapping(key.root, self._importing) is not None
+
+    def _remove_lingering(self, key: FilesetKey, files: set[str]) -> list[str]:
+        recorded = self.queue.imported_files()
+        removed = []
+        for rel in sorted(files):
+            path = self.staging / rel
+            try:
+                size = os.lstat(path).st_size
+            except FileNotFoundError:
+                removed.append(rel)
+                continue
+            if rel in recorded and recorded[rel][1] == size:
+                os.unlink(path)
+                removed.append(rel)
+            else:
+                log.warning("%s changed after its import; kept, not removed", rel)
+        if removed:
+            self.queue.mark_removed(removed)
+        if key.is_dir:
+            root = self.staging / key.root
+            for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+                with contextlib.suppress(OSError):  # not empty: a writer is back, fine
+                    os.rmdir(dirpath)
+            if not root.exists():
+                removed.append(key.root)
+        return removed
 
     # -- reports ---------------------------------------------------------------------
 
-    def _write_report(self, job: Job, error: str) -> None:
+    def _write_report(
+        self, job: Job, error: str, kind: str = "failed", next_try: float | None = None
+    ) -> None:
         key = job.key
         path = self.staging / key.error_report
-        text = (
-            f"omerofs could not import {key.root}\n"
-            f"when: {datetime.now().isoformat(timespec='seconds')} (job {job.id}, "
-            f"attempt {job.attempts + 1})\n"
-            f"error: {error}\n\n"
-            "Your files were left exactly as they were. Fix the cause, then either change or\n"
-            "replace a file (it is retried once it settles) or retry at once with:\n"
-            f"  setfattr -n user.omerofs.commit -v 1 '{key.name}'\n"
-            "State: getfattr -d -m user.omerofs FILE, or ask an admin for `omerofs status`.\n"
-        )
+        when = datetime.now().isoformat(timespec="seconds")
+        if kind == "incomplete":
+            text = (
+                f"omerofs is holding {key.root}: it looks incomplete\n"
+                f"when: {when} (job {job.id})\n"
+                f"why: {error}\n\n"
+                "Nothing was imported and nothing was deleted. If a writer was cut off,\n"
+                "write the file again (it is checked again once it settles). To import it\n"
+                "as it is, commit it:\n"
+                f"  setfattr -n user.omerofs.commit -v 1 '{key.name}'\n"
+                f"or create a file '{key.name}.done' beside it.\n"
+            )
+        elif kind == "retrying":
+            at = datetime.fromtimestamp(next_try or time.time()).isoformat(timespec="seconds")
+            text = (
+                f"omerofs could not import {key.root} yet\n"
+                f"when: {when} (job {job.id}, attempt {job.attempts + 1})\n"
+                f"error: {error}\n\n"
+                "This is expected to pass (a server, disk or lock that is busy or down):\n"
+                f"omerofs tries again by itself at {at}. Your files are kept as they are.\n"
+            )
+        else:
+            text = (
+                f"omerofs could not import {key.root}\n"
+                f"when: {when} (job {job.id}, attempt {job.attempts + 1})\n"
+                f"error: {error}\n\n"
+                "Your files were left exactly as they were. Fix the cause, then either change or\n"
+                "replace a file (it is retried once it settles) or retry at once with:\n"
+                f"  setfattr -n user.omerofs.commit -v 1 '{key.name}'\n"
+                "State: getfattr -d -m user.omerofs FILE, or ask an admin for `omerofs status`.\n"
+            )
         try:
             tmp = path.with_name("." + path.name + ".new")
             tmp.write_text(text)
@@ -387,13 +943,23 @@ class IngestService:
                 continue
             # times may be the kernel's (see same_files): compare sizes
             if transfer.removes_source(job.transfer) and os.lstat(full).st_size == size:
+                until = job.updated + self.rules.linger
+                if until > time.time():
+                    self._lingering.add(path)
+                    self._recovered_lingers.append((job.key, path, until))
+                    continue
                 os.unlink(full)
                 finished.append(path)
                 log.info("removed %s, imported by job %d before a restart", path, job_id)
                 continue
-            self._frozen_roots.add(job.key.root)
+            if not transfer.removes_source(job.transfer):
+                self._frozen.add(path)
         if finished:
             self.queue.mark_removed(finished)
+        for job in self.queue.in_state("failed", "incomplete", "retrying"):
+            hidden = any(is_ignored_name(p) for p in job.key.root.split("/")[1:])
+            if hidden or not (self.staging / job.key.root).exists():
+                self._gone(job.key)  # clutter an older omerofs tried, or removed meanwhile
 
     def unsettled(self) -> list[FilesetKey]:
         """Staged filesets that are neither imported nor queued (written while the daemon
@@ -404,15 +970,18 @@ class IngestService:
             for name in filenames:
                 rel = os.path.relpath(os.path.join(dirpath, name), self.staging)
                 key = fileset_of(rel)
-                if key is not None and key.root not in self._frozen_roots:
+                if key is not None and rel not in self._frozen and rel not in self._lingering:
                     keys.add(key)
         result = []
         for key in sorted(keys, key=lambda k: k.root):
-            latest = self.queue.latest_for(key.root)
+            closing = self._closing(key)
+            if closing is None:
+                continue
+            latest = self.queue.latest_for(closing.key.root)
             if (
                 latest is not None
-                and latest.state in ("queued", "failed")
-                and same_files(latest.manifest, self.manifest(key))
+                and latest.state in ("queued", "failed", "incomplete", "retrying", "duplicate")
+                and same_files(latest.manifest, closing.manifest)
             ):
                 continue
             result.append(key)

@@ -1,7 +1,9 @@
 """Close tracking: when is a fileset complete?
 
 A fileset is closed when no handle is open anywhere in it and nothing in it changed for
-the settle time, or at once on an explicit commit. The tracker is pure bookkeeping with
+the settle time, or at once on an explicit commit. A run directory (a directory fileset)
+has its own, longer settle time: acquisitions write one file every few minutes into it,
+while a single file is done when its writer closes it. The tracker is pure bookkeeping with
 an injected clock, so its rules are tested without a mount.
 """
 
@@ -15,8 +17,9 @@ from omerofs.ingest.paths import FilesetKey
 
 
 class CloseTracker:
-    def __init__(self, settle: float) -> None:
+    def __init__(self, settle: float, run_settle: float | None = None) -> None:
         self.settle = settle
+        self.run_settle = settle if run_settle is None else run_settle
         self._handles: Counter[FilesetKey] = Counter()
         self._deadline: dict[FilesetKey, float] = {}
         self._due = SortedList()  # (deadline, sequence, key)
@@ -31,12 +34,15 @@ class CloseTracker:
             self._handles[key] -= 1
         if self._handles[key] == 0:
             del self._handles[key]
-            self._arm(key, now + self.settle)
+            self._arm(key, now + self.settle_for(key))
+
+    def settle_for(self, key: FilesetKey) -> float:
+        return self.run_settle if key.is_dir else self.settle
 
     def changed(self, key: FilesetKey, now: float) -> None:
         """Something in the fileset changed (created, renamed, truncated, written...)."""
         if self._handles[key] == 0:
-            self._arm(key, now + self.settle)
+            self._arm(key, now + self.settle_for(key))
 
     def commit(self, key: FilesetKey, now: float) -> bool:
         """Close at once; refused (False) while a handle is open."""
