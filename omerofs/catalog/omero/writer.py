@@ -42,7 +42,11 @@ from omero_version import omero_version
 
 from omerofs.catalog.omero import checksums, records
 from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.handoff import settle_failed_handoff, with_warning
+from omerofs.catalog.omero.handoff import (
+    ImportOutcomeUnknown,
+    settle_failed_handoff,
+    with_warning,
+)
 from omerofs.catalog.omero.session import ALL_GROUPS, translate
 from omerofs.catalog.protocol import Experimenter, Fileset, Group
 from omerofs.catalog.sqlite import Database
@@ -274,7 +278,13 @@ class OmeroWriter:
         if hooks.on_commit is not None:
             with self.local_db.transaction() as db:
                 hooks.on_commit(db, state.fileset_id)
-        found = self.catalog.fileset_by_prefix(state.prefix or "")
+        try:
+            found = self.catalog.fileset_by_prefix(state.prefix or "")
+        except CatalogUnavailable as exc:  # it landed: a retry would import it twice
+            raise ImportOutcomeUnknown(
+                f"{plan.root}: imported as fileset {state.fileset_id}, but the server went "
+                f"away before it could be read back ({exc}); do not import it again"
+            ) from None
         if found is None:
             raise ImportFailed(f"{plan.root}: OMERO finished the import but fileset is not visible")
         return found if warning is None else with_warning(found, warning)
