@@ -110,21 +110,33 @@ class Notifier:
         self.store.capture(self.settings.alert_states, now, self.settings.alert_delay)
         routed = 0
         for event in self.store.unrouted(imported=False):
-            deliveries = self._alert(event, now)
-            self.store.route([event], deliveries, now)
-            routed += len(deliveries)
+            routed += self._route(event.user, [event], lambda e=event: self._alert(e, now), now)
         by_user: dict[str, list[Event]] = {}
         for event in self.store.unrouted(imported=True, limit=1_000_000):
             by_user.setdefault(event.user, []).append(event)
         for user, events in by_user.items():
             if now >= min(e.seen for e in events) + self.settings.digest_interval:
-                deliveries = self._digest(user, events, now)
-                self.store.route(events, deliveries, now)
-                routed += len(deliveries)
+                routed += self._route(
+                    user, events, lambda u=user, e=events: self._digest(u, e, now), now
+                )
         if now - self._pruned > PRUNE_EVERY:
             self._pruned = now
             self.store.prune(now - PRUNE_AFTER)
         return routed
+
+    def _route(
+        self, user: str, events: list[Event], make: Callable[[], list[Delivery]], now: float
+    ) -> int:
+        """Turn ``events`` into messages; when the catalog cannot say where ``user``'s
+        mail goes (an OMERO outage), they wait for the next poll and the others go on."""
+        try:
+            deliveries = make()
+        except OmerofsError as exc:
+            self._quiet.warn(f"route:{user}", f"notify: {user}'s messages wait: {exc}")
+            return 0
+        self.store.route(events, deliveries, now)
+        self._quiet.clear(f"route:{user}")
+        return len(deliveries)
 
     def _alert(self, event: Event, now: float) -> list[Delivery]:
         key = f"{event.kind}:{event.job_id}"
