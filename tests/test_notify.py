@@ -216,7 +216,9 @@ def settings(inbox_port: int, receiver: Receiver | None, **extra) -> NotifySetti
         secret.chmod(0o600)
         section["webhook"] = [{"name": "chat", "url": receiver.url, "secret_file": str(secret)}]
     for key, value in extra.items():
-        if key.startswith("email_"):
+        if key.startswith("email_") and value is None:
+            del section["email"][key[len("email_") :]]
+        elif key.startswith("email_"):
             section["email"][key[len("email_") :]] = value
         else:
             section[key] = value
@@ -753,3 +755,116 @@ def test_send_test_with_starttls_and_auth(
     credentials.chmod(0o644)  # a readable password file is refused, like ssh keys
     with pytest.raises(DeliveryFailed, match="must be private"):
         send_test(populated.config, populated.catalog, "alice")
+
+
+def test_address_comes_from_the_catalog(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers
+) -> None:
+    """Experimenter.email first; the [notify.email] domain only for users without one."""
+    modify = getattr(populated.catalog, "modify_experimenter", None)
+    if modify is None:
+        pytest.skip("the embedded catalog cannot store e-mail addresses yet")
+    modify("alice", email="alice.liddell@lab.example.net")
+    inbox = smtp.start()
+    clock = Clock()
+    notifier = notifiers(settings(inbox.port, None), clock)
+    started(notifier, clock)
+    failed_job(queue, "alice", "a.tif", "a.tif: damaged")
+    failed_job(queue, "bob", "b.tif", "b.tif: damaged")
+    notifier.step()
+    deliver(notifier)
+    assert sorted(m["To"] for m in inbox.received()) == [
+        "alice.liddell@lab.example.net",
+        "bob@example.org",
+    ]
+
+
+def test_user_without_any_address_is_skipped(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, receiver: Receiver, notifiers
+) -> None:
+    inbox = smtp.start()
+    clock = Clock()
+    s = settings(inbox.port, receiver, email_domain=None)
+    notifier = notifiers(s, clock)
+    started(notifier, clock)
+    failed_job(queue, "carol", "c.tif", "c.tif: damaged")
+    notifier.step()
+    deliver(notifier)
+    assert inbox.received() == []
+    (row,) = _email_rows(populated)
+    assert row["state"] == "skipped" and "no e-mail address for carol" in row["last_error"]
+    assert len(receiver.requests) == 1  # the facility still hears of it
+
+
+def test_webhook_filters_and_text_format(
+    populated: Repo, queue: JobQueue, receiver: Receiver, world_dir: Path, notifiers
+) -> None:
+    section = {
+        "digest_interval": 0,
+        "webhook": [
+            {"name": "problems", "url": receiver.url + "/p", "events": ["failed"]},
+            {"name": "bob-only", "url": receiver.url + "/b", "users": ["bob"], "format": "text"},
+        ],
+    }
+    clock = Clock()
+    notifier = notifiers(NotifySettings.parse(section, Path("/t/omerofs.toml")), clock)
+    started(notifier, clock)
+    failed_job(queue, "alice", "a.tif", "a.tif: damaged")
+    failed_job(queue, "bob", "b.tif", "b.tif: damaged")
+    imported_job(populated, queue, world_dir / "acq" / "b_ok.tif", "bob", 6)
+    notifier.step()
+    deliver(notifier)
+    got = sorted(
+        (path.rsplit("/", 1)[-1], json.loads(body).get("event"))
+        for path, _, body in receiver.requests
+    )
+    # problems: both failures, no digest; bob-only: bob's failure and digest, text only
+    assert got == [("b", None), ("b", None), ("p", "failed"), ("p", "failed")]
+    texts = sorted(
+        json.loads(body)["text"] for path, _, body in receiver.requests if path.endswith("/b")
+    )
+    assert all(
+        set(json.loads(body)) == {"text"}
+        for path, _, body in receiver.requests
+        if path.endswith("/b")
+    )
+    assert texts[0].startswith("omerofs: 1 fileset of bob imported")
+    assert texts[1].startswith("omerofs: the import of P/D/b.tif (bob) failed")
+
+
+def test_run_notifier_without_or_with_bad_settings(populated: Repo) -> None:
+    from omerofs.notify import run_notifier
+
+    async def start() -> None:
+        await run_notifier(populated.config, populated.catalog)
+
+    trio.run(start)  # no [notify]: reports started and ends
+    with open(populated.config.root / "omerofs.toml", "a") as toml:
+        toml.write("\n[notify]\nretry = 5\n[notify.email]\nhost = 'mx'\nsender = 'a@b.org'\n")
+    with pytest.raises(UsageError, match=r"\[notify\] retry: unknown key \(did you mean"):
+        trio.run(start)
+
+
+def test_shutdown_does_not_wait_for_a_hung_relay(
+    populated: Repo, queue: JobQueue, notifiers
+) -> None:
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    accepted: list[socket.socket] = []
+    acceptor = threading.Thread(target=lambda: accepted.append(hung.accept()[0]), daemon=True)
+    acceptor.start()
+    clock = Clock()
+    s = settings(hung.getsockname()[1], None, poll_interval=0.02, email_timeout=3000)
+    notifier = notifiers(s, clock)
+    started(notifier, clock)
+    loop = LoopThread(notifier)
+    try:
+        failed_job(queue, "alice", "a.tif", "a.tif: damaged")
+        wait_for(lambda: accepted, timeout=30, what="the notifier connecting to the relay")
+    finally:
+        loop.stop()  # returns although the relay would keep it waiting for 3000 s
+        hung.close()
+        for conn in accepted:
+            conn.close()
+    assert [d["state"] for d in _email_rows(populated)] == ["pending"]  # sent next time

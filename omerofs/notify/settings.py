@@ -22,7 +22,7 @@ DIGEST = "digest"  # the event name of a success digest (the others are job stat
 EMAIL_LEVELS = ("all", "failures", "none")  # what a user may choose to receive by e-mail
 SECURITY = ("starttls", "ssl", "none")
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
-WEBHOOK_FORMATS = ("json", "teams")
+WEBHOOK_FORMATS = ("json", "text", "teams")
 # A fileset held back as incomplete may be a run still being written: tell its user only
 # if it is still held an hour after its job was made.
 DEFAULT_ALERT_DELAY = {"incomplete": 3600.0}
@@ -227,7 +227,7 @@ class WebhookSettings:
     url: str | None = None
     url_file: Path | None = None  # the URL in a private file (Slack/Teams URLs are secrets)
     events: tuple[str, ...] = ()  # empty: every alert state and the digest
-    format: str = "json"  # json (Slack, Mattermost, generic) | teams (Workflows)
+    format: str = "json"  # json (Slack, Mattermost, generic) | text (only text) | teams
     secret_file: Path | None = None  # HMAC-SHA256 key: X-Omerofs-Signature-256
     headers: dict[str, str] = field(default_factory=dict)  # e.g. a shared-secret header
     timeout: float = 10.0  # seconds for connecting and for the answer
@@ -405,7 +405,7 @@ def load_notify_settings(config: Any) -> NotifySettings | None:
     if isinstance(given, NotifySettings):
         return given
     if isinstance(given, dict):
-        return NotifySettings.parse(given, where) if given else None
+        return NotifySettings.parse(given, where)
     try:
         data = tomllib.loads(where.read_text())
     except OSError as exc:

@@ -44,7 +44,12 @@ def _shown(url: str) -> str:
 
 
 def webhook_body(settings: WebhookSettings, doc: dict[str, Any]) -> bytes:
-    body = teams_body(doc) if settings.format == "teams" else doc
+    if settings.format == "teams":
+        body = teams_body(doc)
+    elif settings.format == "text":  # for a chat service that rejects unknown fields
+        body = {"text": doc["text"]}
+    else:
+        body = doc
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
