@@ -51,6 +51,13 @@ class UnknownFormat(ImportFailed):
     errno = errno.EINVAL
 
 
+class DamagedFile(ImportFailed):
+    """A reader knows the format but the file is truncated or inconsistent (pixel data
+    beyond its end, fewer planes than its metadata says, an unreadable header)."""
+
+    errno = errno.EIO
+
+
 class ChecksumMismatch(ImportFailed):
     """The placed copy or link does not hash to what the source hashed to."""
 

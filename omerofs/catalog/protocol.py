@@ -134,6 +134,10 @@ class ImageInfo:
     size_c: int
     size_t: int
     pixel_type: str
+    # physical pixel sizes in micrometres, where the file gives them (not yet in the catalog)
+    physical_x: float | None = None
+    physical_y: float | None = None
+    physical_z: float | None = None
 
 
 @dataclass(frozen=True)
