@@ -20,7 +20,7 @@ from omerofs.catalog.protocol import Catalog, Experimenter, Fileset, Group
 from omerofs.config import RepoConfig
 from omerofs.errors import AccessDenied, OmerofsError, UsageError
 from omerofs.ingest import transfer
-from omerofs.ingest.filesets import SourceFileset, plan_fileset
+from omerofs.ingest.filesets import SourceFileset, plan_fileset, plan_filesets
 from omerofs.ingest.transfer import ByteCounter
 
 log = logging.getLogger(__name__)
@@ -163,16 +163,25 @@ class Importer:
     def import_paths(
         self, sources: list[Path], owner: Experimenter, group: Group, mode: str, target: Target
     ) -> list[Outcome]:
-        """Import each source as its own fileset; one failure does not stop the others."""
+        """Import every fileset each source holds (a directory may hold several, grouped
+        as Bio-Formats would); one failure does not stop the others."""
         transfer.base_mode(mode)
         outcomes = []
         for source in sources:
             try:
-                fileset = self.import_fileset_path(source, owner, group, mode, target)
-                outcomes.append(Outcome(Path(source), fileset))
+                plans = plan_filesets(source)
             except OmerofsError as exc:
                 log.error("import of %s failed: %s", source, exc, extra={"reported": True})
                 outcomes.append(Outcome(Path(source), None, str(exc)))
+                continue
+            for plan in plans:
+                shown = Path(source) if len(plans) == 1 else plan.main.path
+                try:
+                    fileset = self.import_fileset(plan, owner, group, mode, target)
+                    outcomes.append(Outcome(shown, fileset))
+                except OmerofsError as exc:
+                    log.error("import of %s failed: %s", shown, exc, extra={"reported": True})
+                    outcomes.append(Outcome(shown, None, str(exc)))
         return outcomes
 
     def import_fileset_path(

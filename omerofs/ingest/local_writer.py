@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -29,10 +30,11 @@ from omerofs.catalog.protocol import (
 )
 from omerofs.config import RepoConfig
 from omerofs.errors import ImportFailed, UnknownFormat
+from omerofs.formats import group_files, looks_like_image, read_images
+from omerofs.formats import mimetype as format_mimetype
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset
 from omerofs.ingest.importer import ImportHooks, Target
-from omerofs.ingest.metadata import looks_like_image, read_images
 from omerofs.template import TemplateContext, expand, resolve_increment
 
 log = logging.getLogger(__name__)
@@ -151,28 +153,20 @@ class LocalWriter:
 
     @staticmethod
     def _read_images(plan: SourceFileset) -> list[ImageInfo]:
-        """Images of the main file (must be readable) and of every other image-like file."""
-        images = list(read_images(plan.main.path))
-        for f in plan.files[1:]:
-            if not looks_like_image(f.path):
+        """Images of the main file (must be readable) and of every other fileset the plan
+        holds (a whole directory imported as one); files no reader knows are companions.
+        A damaged file fails the import: nothing is imported silently wrong."""
+        groups = group_files(f.path for f in plan.files)
+        main = plan.main.path
+        images = list(read_images(main))
+        for group in groups:
+            if main in group.files or not looks_like_image(group.main):
                 continue
             try:
-                more = read_images(f.path)
+                more = read_images(group.main)
             except UnknownFormat:
-                continue  # a companion file, fine inside a multi-file fileset
-            images.extend(
-                ImageInfo(
-                    len(images) + i,
-                    m.name,
-                    m.size_x,
-                    m.size_y,
-                    m.size_z,
-                    m.size_c,
-                    m.size_t,
-                    m.pixel_type,
-                )
-                for i, m in enumerate(more)
-            )
+                continue
+            images.extend(replace(m, series=len(images) + i) for i, m in enumerate(more))
         return images
 
     def _reserve_prefix(self, owner: Experimenter, group: Group, when: datetime) -> str:
@@ -246,9 +240,7 @@ class LocalWriter:
 
 
 def mimetype(path: Path) -> str:
-    if looks_like_image(path):
-        return "image/tiff"
-    return "application/octet-stream"
+    return format_mimetype(path)
 
 
 def _alive(pid: int) -> bool:
