@@ -39,7 +39,7 @@ from omerofs.notify import (
     send_test,
     set_email_preference,
 )
-from tests.conftest import Repo, make_tiff, wait_for
+from tests.conftest import Repo, as_user, make_tiff, needs_fuse, needs_root, wait_for
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 from aiosmtpd.smtp import AuthResult  # noqa: E402
@@ -868,3 +868,52 @@ def test_shutdown_does_not_wait_for_a_hung_relay(
         for conn in accepted:
             conn.close()
     assert [d["state"] for d in _email_rows(populated)] == ["pending"]  # sent next time
+
+
+def _mount_runs_the_notifier() -> bool:
+    import omerofs.fs.mount
+
+    return "run_notifier" in Path(omerofs.fs.mount.__file__).read_text()
+
+
+@needs_fuse
+@needs_root
+def test_ingest_mount_tells_its_users(
+    populated: Repo, smtp: SmtpServers, receiver: Receiver, mount_view, world_dir: Path
+) -> None:
+    """The whole chain: alice writes a damaged and a good TIFF into the ingest mount
+    with cp, as her own uid; the ingest daemon's notifier mails her the failure and
+    then the digest of the good one, and posts both to the webhook."""
+    if not _mount_runs_the_notifier():
+        pytest.skip("the ingest daemon does not start the notifier yet (fs/mount.py)")
+    inbox = smtp.start()
+    with open(populated.config.root / "omerofs.toml", "a") as toml:
+        toml.write(
+            "\n[notify]\npoll_interval = 0.05\ndigest_interval = 0\n"
+            f"[notify.email]\nhost = '127.0.0.1'\nport = {inbox.port}\nsecurity = 'none'\n"
+            "sender = 'omerofs@example.org'\ndomain = 'example.org'\n"
+            f"[[notify.webhook]]\nname = 'chat'\nurl = '{receiver.url}'\n"
+        )
+    src = world_dir / "src"
+    good = make_tiff(src / "good.tif", seed=11)
+    bad = src / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 200)  # a TIFF header and nothing else
+    src.chmod(0o755)
+    mp = mount_view(populated, "ingest", ("ingest", "--transfer", "ln", "--settle", "0.3"))
+    target = mp.mountpoint / "alice/P/D"
+    script = f"mkdir -p {target} && cp {bad} {target}/bad.tif && cp {good} {target}/good.tif"
+    subprocess.run(as_user(3001, ["/bin/sh", "-c", script]), check=True, timeout=60)
+    try:
+        wait_for(lambda: len(inbox.received()) == 2, timeout=90, what="two mails to alice")
+    except AssertionError:
+        print(mp.log.read_text())  # the daemon's log, shown with the failure
+        raise
+    subjects = sorted(m["Subject"] for m in inbox.received())
+    assert subjects == ["[omerofs] 1 fileset imported", "[omerofs] Import failed: bad.tif"]
+    assert {m["To"] for m in inbox.received()} == {"alice@example.org"}
+    wait_for(lambda: len(receiver.requests) == 2, timeout=30, what="two webhook posts")
+    events = {d["event"]: d for d in receiver.bodies()}
+    assert set(events) == {"failed", "digest"}
+    assert events["failed"]["jobs"][0]["root"] == "alice/P/D/bad.tif"
+    imported = events["digest"]["jobs"][0]
+    assert imported["root"] == "alice/P/D/good.tif" and imported["fileset"] is not None
