@@ -674,6 +674,41 @@ def test_incomplete_fileset_is_told_when_still_held_an_hour_later(
     assert len(inbox.received()) == 1 and len(receiver.requests) == 1
 
 
+def test_odd_file_names_do_not_break_mail(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers
+) -> None:
+    """A name with a newline (legal in POSIX) must not become a header injection or a
+    message that blocks the channel."""
+    inbox = smtp.start()
+    clock = Clock()
+    notifier = notifiers(settings(inbox.port, None), clock)
+    started(notifier, clock)
+    failed_job(queue, "alice", "two\nlines\r.tif", "damaged")
+    failed_job(queue, "alice", "plain.tif", "damaged")
+    notifier.step()
+    deliver(notifier)
+    subjects = [m["Subject"] for m in inbox.received()]
+    assert subjects == [
+        "[omerofs] Import failed: two?lines?.tif",
+        "[omerofs] Import failed: plain.tif",
+    ]
+
+
+def test_chat_text_cannot_mention_a_channel(
+    populated: Repo, queue: JobQueue, receiver: Receiver, notifiers
+) -> None:
+    section = {"webhook": [{"name": "chat", "url": receiver.url}]}
+    clock = Clock()
+    notifier = notifiers(NotifySettings.parse(section, Path("/t/omerofs.toml")), clock)
+    started(notifier, clock)
+    failed_job(queue, "alice", "<!channel> & co.tif", "damaged")
+    notifier.step()
+    deliver(notifier)
+    (doc,) = receiver.bodies()
+    assert "the import of P/D/&lt;!channel&gt; &amp; co.tif (alice) failed" in doc["text"]
+    assert doc["jobs"][0]["name"] == "<!channel> & co.tif"  # the data stays as it is
+
+
 def test_damaged_job_row_is_still_told(
     populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers
 ) -> None:

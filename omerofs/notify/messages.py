@@ -4,6 +4,7 @@ document, e-mail subject and body). Pure functions: no I/O."""
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -15,6 +16,7 @@ from omerofs.notify.settings import DIGEST, EmailSettings
 
 SCHEMA = "omerofs.notification/1"
 TEXT_LINES = 20  # filesets named in the chat text of a digest; the rest are counted
+MAX_JOBS = 1000  # jobs listed in one document (``counts`` covers all of them)
 
 
 def iso(t: float | None) -> str | None:
@@ -70,12 +72,20 @@ def document(
             "files": sum(j["files"] or 0 for j in jobs),
             "bytes": sum(j["bytes"] or 0 for j in jobs),
         },
-        "jobs": jobs,
+        "jobs": jobs[:MAX_JOBS],
+        "jobs_omitted": max(0, len(jobs) - MAX_JOBS),
     }
     if event == DIGEST and events:
         doc["period"] = {"from": iso(min(e.seen for e in events)), "to": iso(now)}
-    doc["text"] = summary(doc)
+    doc["text"] = chat_escape(summary(doc))
     return doc
+
+
+def chat_escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as entities, as Slack requires of ``text`` (a file named
+    ``<!channel>.tif`` must not page a whole channel); Mattermost shows them as the
+    characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def test_document(user: str, now: float, facility: str, repository: str) -> dict[str, Any]:
@@ -179,7 +189,7 @@ def email_message(doc: dict[str, Any], settings: EmailSettings, to: str) -> Emai
     msg = EmailMessage()
     msg["From"] = settings.sender
     msg["To"] = to
-    msg["Subject"] = subject(doc, settings.subject_prefix)
+    msg["Subject"] = one_line(subject(doc, settings.subject_prefix))
     if settings.reply_to:
         msg["Reply-To"] = settings.reply_to
     created = datetime.fromisoformat(doc["created"].replace("Z", "+00:00")).timestamp()
@@ -190,6 +200,11 @@ def email_message(doc: dict[str, Any], settings: EmailSettings, to: str) -> Emai
     msg["X-Omerofs-Event"] = doc["event"]
     msg.set_content(email_text(doc, settings.list_limit))
     return msg
+
+
+def one_line(text: str) -> str:
+    """A header value: file names may hold control characters, headers may not."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def email_text(doc: dict[str, Any], limit: int) -> str:
@@ -231,7 +246,7 @@ def email_text(doc: dict[str, Any], limit: int) -> str:
 def teams_body(doc: dict[str, Any]) -> dict[str, Any]:
     """The document inside the envelope Teams Workflows expect (an Adaptive Card); the
     omerofs fields stay beside it for flows that use them."""
-    first, *rest = doc["text"].split("\n")
+    first, *rest = html.unescape(doc["text"]).split("\n")
     blocks: list[dict[str, Any]] = [
         {"type": "TextBlock", "text": first, "weight": "Bolder", "wrap": True}
     ]

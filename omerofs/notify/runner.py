@@ -229,6 +229,12 @@ class Notifier:
                     self.store.postpone, delivery.id, str(exc), pause.until
                 )
                 return sent
+            except Exception as exc:  # a message this version cannot send: never retried,
+                log.exception("notify: cannot send %s to %s", delivery.key, channel)
+                await trio.to_thread.run_sync(  # so it cannot block the channel
+                    self.store.give_up, delivery.id, f"internal error: {exc!r}", self.clock()
+                )
+                continue
             await trio.to_thread.run_sync(self.store.delivered, delivery.id, self.clock())
             if pause.failures:
                 log.info("notify: %s works again", channel)
