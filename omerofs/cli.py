@@ -1,4 +1,5 @@
-"""The ``omerofs`` command. Every failure is one line on stderr and a non-zero exit."""
+"""The ``omerofs`` command. Every failure is one line on stderr starting with
+``omerofs:`` and a non-zero exit (2: the input was wrong; 1: the operation failed)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import argparse
 import grp
 import json
 import logging
+import math
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, NoReturn
 
+from omerofs import __version__
 from omerofs.backend import Backend, open_backend
 from omerofs.catalog.local import LocalCatalog
-from omerofs.catalog.protocol import Catalog, Snapshot
-from omerofs.config import RepoConfig, init_repo, load_config
-from omerofs.errors import OmerofsError, UsageError
-from omerofs.identity import PermissionLevel
+from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
+from omerofs.catalog.rows import fileset_problem
+from omerofs.config import MAX_CONCURRENCY, RepoConfig, config_reference, init_repo, load_config
+from omerofs.errors import NotFound, OmerofsError, UsageError
+from omerofs.identity import MAX_POSIX_ID, PermissionLevel
 from omerofs.ingest.importer import Target
 from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 
@@ -31,15 +37,42 @@ def _repo(args: argparse.Namespace) -> Path:
     return Path(repo)
 
 
+# Where each people-and-groups command is done on an OMERO server instead.
+IN_OMERO = {
+    "user add": "omero user add (or OMERO.web: Admin > Users)",
+    "user modify": "OMERO.web: Admin > Users (or omero user joingroup/leavegroup)",
+    "user remove": "OMERO.web: Admin > Users; OMERO keeps users who own data (deactivate "
+    "them, or move their data with omero chown)",
+    "group add": "omero group add (or OMERO.web: Admin > Groups)",
+    "group modify": "omero group perms (or OMERO.web: Admin > Groups)",
+    "group remove": "OMERO.web: Admin > Groups (move its data first with omero chgrp)",
+    "group add-member": "omero user joingroup / omero group adduser",
+    "group remove-member": "omero user leavegroup / omero group removeuser",
+}
+
+
 def _open(args: argparse.Namespace) -> tuple[RepoConfig, LocalCatalog]:
-    """The embedded catalog, for commands that change users and groups."""
+    """The embedded catalog, writable, for commands that change users and groups."""
     config = load_config(_repo(args))
     if config.omero is not None:
+        what = f"{args.command} {args.sub}"
         raise UsageError(
-            f"{config.root} uses the OMERO server {config.omero.host}: manage its users, "
-            "groups and memberships in OMERO"
+            f"{config.root} uses the OMERO server {config.omero.host}, where users and "
+            f"groups live: {what} there with {IN_OMERO.get(what, 'OMERO.web: Admin')}"
         )
     return config, LocalCatalog(config.catalog_path)
+
+
+def _open_reader(config: RepoConfig) -> Catalog:
+    """A catalog for commands that only read: the embedded one opened read-only (anyone
+    who may read the file may look), or the OMERO server (its login needs root)."""
+    if config.omero is None:
+        return LocalCatalog(config.catalog_path, readonly=True)
+    return _open_backend_of(config).catalog
+
+
+def _open_backend_of(config: RepoConfig) -> Backend:
+    return open_backend(config)
 
 
 def _open_backend(args: argparse.Namespace) -> Backend:
@@ -47,22 +80,10 @@ def _open_backend(args: argparse.Namespace) -> Backend:
 
 
 def _setup_logging(config: RepoConfig | None, verbose: bool) -> None:
-    handlers: list[logging.Handler] = []
-    stderr = logging.StreamHandler()
-    stderr.setLevel(logging.INFO if verbose else logging.WARNING)
-    stderr.addFilter(lambda record: not getattr(record, "reported", False))  # printed by caller
-    handlers.append(stderr)
-    if config is not None:
-        config.log_dir.mkdir(exist_ok=True)
-        handlers.append(logging.FileHandler(config.log_dir / "omerofs.log"))
-    logging.getLogger("omerofs").propagate = True
-    logging.basicConfig(
-        force=True,
-        level=logging.INFO,
-        handlers=handlers,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-    )
-    handlers[0].setFormatter(logging.Formatter("omerofs: %(message)s"))
+    """stderr (the journal's format under systemd), rotating timestamped log files."""
+    from omerofs import logs
+
+    logs.setup(config, verbose)
 
 
 # -- subcommands ---------------------------------------------------------------------------
@@ -78,10 +99,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     if omero:
         missing = [k for k in ("host", "credentials", "managed_dir") if k not in omero]
         if missing:
-            raise UsageError("an OMERO backend needs --omero-" + ", --omero-".join(missing))
+            flags = ", ".join("--omero-" + k.replace("_", "-") for k in missing)
+            raise UsageError(f"an OMERO backend also needs {flags}")
         omero["credentials"] = os.path.abspath(omero["credentials"])
         kwargs["omero"] = omero
-    config = init_repo(_repo(args), **kwargs)
+    root = Path(os.path.abspath(_repo(args)))
+    if not root.parent.is_dir():
+        raise UsageError(
+            f"{root.parent} does not exist: create it first (init makes only the "
+            "repository directory itself)"
+        )
+    config = init_repo(root, **kwargs)
     if config.omero is None:
         LocalCatalog(config.catalog_path, create=True).close()
     print(f"initialised omerofs repository at {config.root}")
@@ -91,9 +119,39 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_user_add(args: argparse.Namespace) -> int:
     _, catalog = _open(args)
     exp = catalog.add_experimenter(
-        args.name, args.uid, admin=args.admin, default_group=args.default_group
+        args.name, args.uid, admin=args.admin, default_group=args.default_group, email=args.email
     )
     print(f"added user {exp.name} (id {exp.id}, uid {exp.uid}{', admin' if exp.admin else ''})")
+    return 0
+
+
+def cmd_user_modify(args: argparse.Namespace) -> int:
+    _, catalog = _open(args)
+    changes = (args.uid, args.admin, args.default_group, args.email)
+    if all(c is None for c in changes):
+        raise UsageError(
+            "nothing to change: give --uid, --admin/--no-admin, --default-group or --email"
+        )
+    exp = catalog.modify_experimenter(
+        args.name,
+        uid=args.uid,
+        admin=args.admin,
+        default_group=args.default_group,
+        email=args.email,
+    )
+    print(
+        f"user {exp.name}: uid {exp.uid}, {'admin' if exp.admin else 'not admin'}, "
+        f"default group id {exp.default_group_id}, email {exp.email or '-'}"
+    )
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    _, catalog = _open(args)
+    moved = catalog.remove_experimenter(args.name, move_to=args.move_to)
+    n = sum(len(v) for v in moved.values())
+    extra = f"; {n} object(s) now belong to {args.move_to}" if n else ""
+    print(f"removed user {args.name}{extra}")
     return 0
 
 
@@ -103,6 +161,25 @@ def cmd_group_add(args: argparse.Namespace) -> int:
     gid = args.gid if args.gid is not None else _pick_gid(args.name, catalog.used_gids())
     group = catalog.add_group(args.name, level, gid)
     print(f"added group {group.name} (id {group.id}, {level.label} {level.perms}, gid {group.gid})")
+    return 0
+
+
+def cmd_group_modify(args: argparse.Namespace) -> int:
+    _, catalog = _open(args)
+    if args.perms is None and args.gid is None:
+        raise UsageError("nothing to change: give --perms or --gid")
+    level = PermissionLevel.parse(args.perms) if args.perms is not None else None
+    group = catalog.modify_group(args.name, level=level, gid=args.gid)
+    print(f"group {group.name}: {group.level.label} {group.level.perms}, gid {group.gid}")
+    return 0
+
+
+def cmd_group_remove(args: argparse.Namespace) -> int:
+    _, catalog = _open(args)
+    moved = catalog.remove_group(args.name, force=args.force, move_to=args.move_to)
+    n = sum(len(v) for v in moved.values())
+    extra = f"; {n} object(s) moved to {args.move_to}" if n else ""
+    print(f"removed group {args.name}{extra}")
     return 0
 
 
@@ -127,16 +204,34 @@ def cmd_group_add_member(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_group_remove_member(args: argparse.Namespace) -> int:
+    _, catalog = _open(args)
+    catalog.remove_member(args.group, args.user)
+    print(f"{args.user} is no longer a member of {args.group}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
+    target = Target.parse(args.target)
+    if args.user is None and os.geteuid() == 0:
+        raise UsageError(
+            "running as root: say whom to import as with --user NAME "
+            "(--user root imports as root, into the system group)"
+        )
     backend = _open_backend(args)
     try:
         _setup_logging(backend.config, args.verbose)
-        target = Target.parse(args.target)
         mode = args.transfer or backend.config.transfer
         importer = backend.importer
         user = args.user or _caller_name(backend.catalog)
         owner, group = importer.resolve_identity(user, args.group, os.getuid())
+        if owner.id == 0:
+            print(
+                f"omerofs: warning: importing as root, into group {group.name!r}", file=sys.stderr
+            )
         sources = [Path(p) for p in args.paths]
+        if args.dry_run:
+            return _dry_run(sources, owner.name, group.name, mode, target)
         outcomes = importer.import_paths(sources, owner, group, mode, target)
     finally:
         backend.close()
@@ -151,6 +246,29 @@ def cmd_import(args: argparse.Namespace) -> int:
         else:
             failed += 1
             print(f"omerofs: {outcome.source}: import failed: {outcome.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _dry_run(sources: list[Path], user: str, group: str, mode: str, target: Target) -> int:
+    """Print the filesets an import would make, and change nothing."""
+    from omerofs.ingest.filesets import plan_fileset
+
+    print(f"would import as {user} into {group} ({mode}), {target.describe()}:")
+    failed = 0
+    for source in sources:
+        try:
+            plan = plan_fileset(source)
+        except OmerofsError as exc:
+            failed += 1
+            print(f"omerofs: {source}: {exc}", file=sys.stderr)
+            continue
+        size = sum(os.path.getsize(f.path) for f in plan.files)
+        print(
+            f"{plan.root}: 1 fileset, {len(plan.files)} file(s), {size} bytes, "
+            f"main file {plan.main.path}"
+        )
+        for f in plan.files[1:]:
+            print(f"  {f.path}")
     return 1 if failed else 0
 
 
@@ -182,11 +300,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = load_config(_repo(args))
     mode = args.transfer or config.ingest_transfer
     settle = config.settle if args.settle is None else args.settle
-    concurrency = args.concurrency or config.concurrency
+    concurrency = config.concurrency if args.concurrency is None else args.concurrency
     xattrs = config.ingest_xattrs if args.xattrs is None else args.xattrs
     passthrough = config.ingest_passthrough and not args.no_passthrough
-    if settle < 0 or concurrency < 1:
-        raise UsageError("--settle must be >= 0 and --concurrency >= 1")
     if args.foreground:
         _setup_logging(config, True)
         mount.serve_ingest(
@@ -213,63 +329,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from omerofs.ingest.queue import JobQueue
+    from omerofs import status
 
     config = load_config(_repo(args))
-    queue = JobQueue(config.catalog_path)
-    try:
-        counts = queue.counts()
-        active = queue.in_state("importing", "queued")
-        failed = [j for j in queue.in_state("failed")][-args.limit :]
-    finally:
-        queue.close()
-    report = {
-        "users": counts,
-        "in_flight": [
-            {
-                "job": j.id,
-                "user": j.key.user,
-                "fileset": j.key.root,
-                "state": j.state,
-                "bytes_done": j.bytes_done,
-                "bytes_total": j.bytes_total,
-                "attempts": j.attempts,
-            }
-            for j in active
-        ],
-        "failures": [
-            {
-                "job": j.id,
-                "user": j.key.user,
-                "fileset": j.key.root,
-                "error": j.error,
-                "when": datetime.fromtimestamp(j.updated).isoformat(timespec="seconds"),
-            }
-            for j in failed
-        ],
-    }
+    if args.ack:
+        done = status.acknowledge(config, args.ack)
+        already = [j for j in args.ack if j not in done]
+        print(
+            "acknowledged job(s) "
+            + (", ".join(map(str, done)) or "-")
+            + (f" (already: {', '.join(map(str, already))})" if already else "")
+        )
+        return 0
+    report = status.report(config, args.limit, status.daemons(config))
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    states = ("queued", "importing", "imported", "failed")
-    print("USER".ljust(16) + "".join(s.upper().rjust(11) for s in states))
-    for user, by_state in sorted(counts.items()):
-        print(user.ljust(16) + "".join(str(by_state.get(s, 0)).rjust(11) for s in states))
-    if not counts:
-        print("(no ingest jobs yet)")
-    for item in report["in_flight"]:
-        pct = 100 * item["bytes_done"] / item["bytes_total"] if item["bytes_total"] else 0
-        print(
-            f"{item['state']}: job {item['job']} {item['fileset']} "
-            f"{item['bytes_done']}/{item['bytes_total']} bytes ({pct:.0f}%)"
-        )
-    for item in report["failures"]:
-        print(f"FAILED job {item['job']} {item['fileset']} at {item['when']}: {item['error']}")
-    if report["failures"]:
-        print(
-            "retry after fixing: setfattr -n user.omerofs.commit -v 1 <file or directory> "
-            "in the ingest mount"
-        )
+    else:
+        print(status.render(report))
     return 0
 
 
@@ -282,48 +358,76 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def _snapshot(catalog: Catalog, with_filesets: bool) -> Snapshot:
-    """People, groups and containers, and if asked every finished fileset."""
+    """People, groups and containers, and if asked every finished fileset that passes
+    the checks a view applies (a bad row is reported, not fatal)."""
     snap = catalog.snapshot_people()
     if with_filesets:
         filesets = catalog.filesets_for(-1, None, snap.max_fileset_id)
-        snap.filesets = {fs.id: fs for fs in filesets}
+        snap.filesets = {}
+        for fs in filesets:
+            if problem := fileset_problem(fs):
+                print(f"omerofs: warning: skipping fileset {fs.id}: {problem}", file=sys.stderr)
+            else:
+                snap.filesets[fs.id] = fs
     return snap
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    backend = _open_backend(args)
+def _read_snapshot(args: argparse.Namespace, with_filesets: bool) -> tuple[RepoConfig, Snapshot]:
+    config = load_config(_repo(args))
+    catalog = _open_reader(config)
     try:
-        snap = _snapshot(backend.catalog, args.what == "filesets")
+        return config, _snapshot(catalog, with_filesets)
     finally:
-        backend.close()
+        catalog.close()
+
+
+def _name(table: dict, key: int | None) -> str:
+    found = table.get(key)
+    return found.name if found is not None else f"?{key}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    config, snap = _read_snapshot(args, args.what == "filesets")
+    if args.user and args.user not in {e.name for e in snap.experimenters.values()}:
+        raise NotFound(f"no such user {args.user!r}")
+    if args.group and args.group not in {g.name for g in snap.groups.values()}:
+        raise NotFound(f"no such group {args.group!r}")
     rows: list[dict] = []
     if args.what == "users":
         for e in sorted(snap.experimenters.values(), key=lambda e: e.id):
+            if args.user and e.name != args.user:
+                continue
             groups = [
-                snap.groups[m.group_id].name + ("*" if m.owner else "")
+                _name(snap.groups, m.group_id) + ("*" if m.owner else "")
                 for m in snap.memberships
                 if m.experimenter_id == e.id
             ]
-            default = (
-                snap.groups[e.default_group_id].name if e.default_group_id is not None else "-"
-            )
+            if args.group and args.group not in {g.rstrip("*") for g in groups}:
+                continue
             rows.append(
                 {
                     "id": e.id,
                     "name": e.name,
                     "uid": e.uid,
                     "admin": e.admin,
-                    "default_group": default,
+                    "default_group": _name(snap.groups, e.default_group_id)
+                    if e.default_group_id is not None
+                    else "-",
                     "groups": ",".join(sorted(groups)),
+                    "email": e.email or "-",
                 }
             )
     elif args.what == "groups":
         for g in sorted(snap.groups.values(), key=lambda g: g.id):
+            if args.group and g.name != args.group:
+                continue
             members = sorted(
-                snap.experimenters[m.experimenter_id].name + ("*" if m.owner else "")
+                _name(snap.experimenters, m.experimenter_id) + ("*" if m.owner else "")
                 for m in snap.memberships
                 if m.group_id == g.id
             )
+            if args.user and args.user not in {m.rstrip("*") for m in members}:
+                continue
             rows.append(
                 {
                     "id": g.id,
@@ -337,18 +441,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
     elif args.what in ("projects", "datasets"):
         source = snap.projects if args.what == "projects" else snap.datasets
         for c in sorted(source.values(), key=lambda c: c.id):
-            rows.append(
-                {
-                    "id": c.id,
-                    "name": c.name,
-                    "owner": snap.experimenters[c.owner_id].name,
-                    "group": snap.groups[c.group_id].name,
-                }
-            )
+            owner, group = _name(snap.experimenters, c.owner_id), _name(snap.groups, c.group_id)
+            if (args.user and owner != args.user) or (args.group and group != args.group):
+                continue
+            rows.append({"id": c.id, "name": c.name, "owner": owner, "group": group})
     else:
         for fs in sorted(snap.filesets.values(), key=lambda f: f.id):
-            owner = snap.experimenters[fs.owner_id].name
-            group = snap.groups[fs.group_id].name
+            owner = _name(snap.experimenters, fs.owner_id)
+            group = _name(snap.groups, fs.group_id)
             if (args.user and owner != args.user) or (args.group and group != args.group):
                 continue
             rows.append(
@@ -360,7 +460,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                     "files": len(fs.entries),
                     "images": fs.image_count,
                     "bytes": sum(e.size for e in fs.entries),
-                    "datasets": ",".join(snap.datasets[d].name for d in fs.dataset_ids) or "-",
+                    "datasets": ",".join(_name(snap.datasets, d) for d in fs.dataset_ids) or "-",
                     "created": datetime.fromtimestamp(fs.created).isoformat(timespec="seconds"),
                     "prefix": fs.template_prefix,
                 }
@@ -384,14 +484,10 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if args.fileset is None:
-        backend = _open_backend(args)
-        try:
-            config, snap = backend.config, _snapshot(backend.catalog, True)
-        finally:
-            backend.close()
+    if args.target is None:
+        config, snap = _read_snapshot(args, True)
         total = sum(e.size for fs in snap.filesets.values() for e in fs.entries)
-        info = {
+        info: dict = {
             "repository": str(config.root),
             "backend": config.backend,
             "template": config.template,
@@ -406,29 +502,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "last_event": snap.event_id,
         }
     else:
-        config, catalog = _open(args)
-        fs = catalog.fileset(args.fileset)
-        info = {
-            "fileset": fs.id,
-            "owner_id": fs.owner_id,
-            "group_id": fs.group_id,
-            "template_prefix": fs.template_prefix,
-            "transfer": fs.transfer,
-            "created": datetime.fromtimestamp(fs.created).isoformat(timespec="milliseconds"),
-            "dataset_ids": list(fs.dataset_ids),
-            "images": [
-                {
-                    "name": i.name,
-                    "size": [i.size_x, i.size_y, i.size_z, i.size_c, i.size_t],
-                    "pixel_type": i.pixel_type,
-                }
-                for i in catalog.images_of(fs.id)
-            ],
-            "files": [
-                {"path": e.repo_path, "size": e.size, "sha1": e.hash, "client_path": e.client_path}
-                for e in fs.entries
-            ],
-        }
+        info = _fileset_info(args)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -442,89 +516,463 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fileset_info(args: argparse.Namespace) -> dict:
+    """One fileset, named by its id or by a path in a mount or the ManagedRepository."""
+    from omerofs.fs import locate
+
+    config = load_config(_repo(args))
+    catalog = _open_reader(config)
+    try:
+        snap = catalog.snapshot_people()
+        where: dict = {}
+        if args.target.isdigit():
+            fs = locate.fileset_by_id(catalog, int(args.target))
+        else:
+            found = locate.locate(Path(args.target), config.managed_dir)
+            where = {"path": os.path.abspath(args.target), "found_in": found.kind}
+            if found.kind == "ingest":
+                return where | _staged_info(config, found.staged or "")
+            if found.repo_path is not None:
+                fs = locate.fileset_at(catalog, found.repo_path)
+            else:
+                fs = locate.fileset_named(catalog, snap, found.named)
+        if problem := fileset_problem(fs):
+            raise UsageError(f"fileset {fs.id} is malformed in the catalog: {problem}")
+        images = getattr(catalog, "images_of", None)  # the embedded catalog keeps them
+        return where | _describe_fileset(fs, snap, images(fs.id) if images else None)
+    finally:
+        catalog.close()
+
+
+def _describe_fileset(fs: Fileset, snap: Snapshot, images: list | None) -> dict:
+    info = {
+        "fileset": fs.id,
+        "owner": _name(snap.experimenters, fs.owner_id),
+        "group": _name(snap.groups, fs.group_id),
+        "owner_id": fs.owner_id,
+        "group_id": fs.group_id,
+        "template_prefix": fs.template_prefix,
+        "transfer": fs.transfer,
+        "created": datetime.fromtimestamp(fs.created).isoformat(timespec="milliseconds"),
+        "datasets": [_name(snap.datasets, d) for d in fs.dataset_ids],
+        "dataset_ids": list(fs.dataset_ids),
+        "image_count": fs.image_count,
+    }
+    if images is not None:
+        info["images"] = [
+            {
+                "name": i.name,
+                "size": [i.size_x, i.size_y, i.size_z, i.size_c, i.size_t],
+                "pixel_type": i.pixel_type,
+            }
+            for i in images
+        ]
+    info["files"] = [
+        {"path": e.repo_path, "size": e.size, "sha1": e.hash, "client_path": e.client_path}
+        for e in fs.entries
+    ]
+    return info
+
+
+def _staged_info(config: RepoConfig, staged: str) -> dict:
+    """A path in the ingest mount: the latest ingest job of the fileset holding it."""
+    from omerofs.catalog.sqlite import Database
+
+    store = Database(config.catalog_path, "the ingest queue in", readonly=True)
+    try:
+        rows = store.query(
+            "SELECT id, root, state, fileset_id, error FROM ingest_jobs "
+            "WHERE (root=? OR substr(?, 1, length(root) + 1) = root || '/') "
+            "AND state NOT IN ('superseded', 'gone') "
+            "ORDER BY id DESC LIMIT 1",
+            (staged, staged),
+        )
+    except sqlite3.OperationalError:  # no ingest queue yet
+        rows = []
+    finally:
+        store.close()
+    if not rows:
+        return {"staged": staged, "state": "not imported (no ingest job for it yet)"}
+    job, root, state, fileset_id, error = rows[0]
+    return {
+        "staged": staged,
+        "job": job,
+        "fileset_root": root,
+        "state": state,
+        "fileset": fileset_id,
+        "error": error,
+    }
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
 NO_PASSTHROUGH_HELP = "all reads and writes through the daemon (no kernel passthrough)"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("omerofs").strip()
+        self.exit(
+            2, f"omerofs: {where + ': ' if where else ''}{message} (see '{self.prog} --help')\n"
+        )
+
+
+def _posix_id(kind: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} {text!r} is not a number") from None
+        if not 0 <= value <= MAX_POSIX_ID:
+            raise argparse.ArgumentTypeError(f"{kind} {value} is outside 0 ... {MAX_POSIX_ID}")
+        return value
+
+    return parse
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is outside {low} ... {high}" if high else f"must be >= {low}, not {value}"
+            )
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
+
+
+def _job_id(text: str) -> int:
+    return _count(1)(text)
+
+
+def _cmd(sub: Any, name: str, parents: list, help: str, examples: str) -> Parser:
+    """A subcommand whose --help ends with examples."""
+    return sub.add_parser(
+        name,
+        parents=parents,
+        help=help,
+        description=help[:1].upper() + help[1:] + ".",
+        epilog="examples:\n" + "\n".join("  " + line for line in examples.strip().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    repo = argparse.ArgumentParser(add_help=False)
+    repo = Parser(add_help=False)
     repo.add_argument(
         "-r",
         "--repo",
         default=argparse.SUPPRESS,
-        help="repository directory (default: $OMEROFS_REPO)",
+        help="repository directory (default: $OMEROFS_REPO), e.g. -r /data/omerofs",
     )
-    parser = argparse.ArgumentParser(
-        prog="omerofs", description="FUSE views and imports for OMERO repositories"
+    parser = Parser(
+        prog="omerofs",
+        description="FUSE views and imports for OMERO repositories.",
+        epilog="examples:\n  omerofs -r /data/omerofs init\n  omerofs -r /data/omerofs "
+        "mount /mnt/omero\n  omerofs status\n\nEach command has --help with examples; "
+        "docs/cli.md has them all.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-r", "--repo", help="repository directory (default: $OMEROFS_REPO)")
+    parser.add_argument("--version", action="version", version=f"omerofs {__version__}")
+    parser.add_argument(
+        "-r", "--repo", help="repository directory (default: $OMEROFS_REPO), e.g. -r /data/omerofs"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    json_help = "machine-readable output (JSON), e.g. --json | jq ."
 
-    p = sub.add_parser("init", parents=[repo], help="create a new repository")
-    p.add_argument("--template", help="ManagedRepository path template (OMERO's tokens)")
-    p.add_argument("--omero-host", help="use this OMERO server as the catalog")
-    p.add_argument("--omero-port", type=int, help="its port (default 4064)")
-    p.add_argument("--omero-credentials", help="TOML file: username, password (mode 0600)")
-    p.add_argument("--omero-managed-dir", help="the server's ManagedRepository, mounted here")
-    p.add_argument("--omero-idmap", help="TOML file mapping OMERO names to local uids/gids")
+    p = _cmd(
+        sub,
+        "init",
+        [repo],
+        "create a new repository",
+        """
+omerofs -r /data/omerofs init
+omerofs -r /data/omerofs init --template '%user%_%userId%//%year%-%month%/%day%/%time%'
+omerofs -r /srv/omerofs init --omero-host omero.example.org --omero-credentials \\
+    /etc/omerofs/omero.toml --omero-managed-dir /mnt/omero/ManagedRepository""",
+    )
+    p.add_argument(
+        "--template",
+        help="ManagedRepository path template (OMERO's omero.fs.repo."
+        "path tokens), e.g. --template '%%user%%_%%userId%%//%%year%%-%%month%%'",
+    )
+    p.add_argument(
+        "--omero-host",
+        help="use this OMERO server as the catalog, e.g. --omero-host omero.example.org",
+    )
+    p.add_argument(
+        "--omero-port",
+        type=_count(1, 65535),
+        help="its port (default 4064), e.g. --omero-port 4064",
+    )
+    p.add_argument(
+        "--omero-credentials",
+        help="TOML file with username and password (mode "
+        "0600), e.g. --omero-credentials /etc/omerofs/omero.toml",
+    )
+    p.add_argument(
+        "--omero-managed-dir",
+        help="the server's ManagedRepository as mounted "
+        "here, e.g. --omero-managed-dir /mnt/omero/ManagedRepository",
+    )
+    p.add_argument(
+        "--omero-idmap",
+        help="TOML file mapping OMERO names to local uids/gids, "
+        "e.g. --omero-idmap /etc/omerofs/idmap.toml",
+    )
     p.set_defaults(func=cmd_init)
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(dest="sub", required=True)
-    p = user.add_parser("add", parents=[repo], help="add a user mapped to a POSIX uid")
-    p.add_argument("name")
-    p.add_argument("--uid", type=int, required=True)
-    p.add_argument("--admin", action="store_true")
-    p.add_argument("--default-group")
+    users = sub.add_parser("user", help="add, change and remove users (embedded catalog)")
+    user = users.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = _cmd(
+        user,
+        "add",
+        [repo],
+        "add a user mapped to a POSIX uid",
+        """
+omerofs user add alice --uid 3001 --default-group lab
+omerofs user add adam --uid 3005 --admin --email adam@example.org""",
+    )
+    p.add_argument("name", help="the OMERO user name, e.g. alice")
+    p.add_argument(
+        "--uid",
+        type=_posix_id("uid"),
+        required=True,
+        help="the local uid the user's files show, e.g. --uid 3001",
+    )
+    p.add_argument(
+        "--admin", action="store_true", help="an OMERO admin: sees and may import for everybody"
+    )
+    p.add_argument(
+        "--default-group",
+        help="the group imports go to by default (the user joins it), e.g. --default-group lab",
+    )
+    p.add_argument("--email", help="where notifications go, e.g. --email alice@example.org")
     p.set_defaults(func=cmd_user_add)
+    p = _cmd(
+        user,
+        "modify",
+        [repo],
+        "change a user's uid, admin flag, default group or email",
+        """
+omerofs user modify alice --uid 3101
+omerofs user modify alice --default-group imaging --email alice@example.org
+omerofs user modify bob --no-admin""",
+    )
+    p.add_argument("name", help="the user to change, e.g. alice")
+    p.add_argument("--uid", type=_posix_id("uid"), help="a new local uid, e.g. --uid 3101")
+    admin = p.add_mutually_exclusive_group()
+    admin.add_argument("--admin", action="store_true", default=None, help="make an admin")
+    admin.add_argument(
+        "--no-admin", dest="admin", action="store_false", default=None, help="no longer an admin"
+    )
+    p.add_argument("--default-group", help="one of the user's groups, e.g. --default-group lab")
+    p.add_argument("--email", help="a new address ('' clears it), e.g. --email a@example.org")
+    p.set_defaults(func=cmd_user_modify)
+    p = _cmd(
+        user,
+        "remove",
+        [repo],
+        "remove a user (their data is never deleted)",
+        """
+omerofs user remove carol                 # refused while carol owns data (lists it)
+omerofs user remove carol --move-to olga  # olga now owns carol's filesets""",
+    )
+    p.add_argument("name", help="the user to remove, e.g. carol")
+    p.add_argument(
+        "--move-to",
+        metavar="USER",
+        help="give the user's filesets, projects and "
+        "datasets to USER first (OMERO's chown), e.g. --move-to olga",
+    )
+    p.set_defaults(func=cmd_user_remove)
 
-    group = sub.add_parser("group", help="manage groups").add_subparsers(dest="sub", required=True)
-    p = group.add_parser("add", parents=[repo], help="add a group")
-    p.add_argument("name")
+    groups = sub.add_parser("group", help="add, change and remove groups and memberships")
+    group = groups.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = _cmd(
+        group,
+        "add",
+        [repo],
+        "add a group",
+        """
+omerofs group add lab --perms read-annotate
+omerofs group add imaging --perms rwr--- --gid 71002""",
+    )
+    p.add_argument("name", help="the OMERO group name, e.g. lab")
     p.add_argument(
         "--perms",
         required=True,
-        help="private | read-only | read-annotate | read-write (or rw----, rwr---, ...)",
+        help="private | read-only | read-annotate | read-write (or rw----, rwr---, ...), "
+        "e.g. --perms read-only",
     )
     p.add_argument(
-        "--gid", type=int, help="POSIX gid (default: same-named local group, else 70000+)"
+        "--gid",
+        type=_posix_id("gid"),
+        help="POSIX gid (default: same-named local group, "
+        "else the first free from 70000), e.g. --gid 71002",
     )
     p.set_defaults(func=cmd_group_add)
-    p = group.add_parser("add-member", parents=[repo], help="add a user to a group")
-    p.add_argument("group")
-    p.add_argument("user")
+    p = _cmd(
+        group,
+        "modify",
+        [repo],
+        "change a group's permission level or gid",
+        """
+omerofs group modify lab --perms read-only
+omerofs group modify lab --gid 71010""",
+    )
+    p.add_argument("name", help="the group to change, e.g. lab")
+    p.add_argument("--perms", help="a new permission level, e.g. --perms read-only")
+    p.add_argument("--gid", type=_posix_id("gid"), help="a new POSIX gid, e.g. --gid 71010")
+    p.set_defaults(func=cmd_group_modify)
+    p = _cmd(
+        group,
+        "remove",
+        [repo],
+        "remove a group (its data is never deleted)",
+        """
+omerofs group remove oldlab                           # refused if it holds data or members
+omerofs group remove oldlab --move-to lab --force     # data to lab, memberships dropped""",
+    )
+    p.add_argument("name", help="the group to remove, e.g. oldlab")
+    p.add_argument(
+        "--move-to",
+        metavar="GROUP",
+        help="move its filesets, projects and "
+        "datasets to GROUP first (OMERO's chgrp), e.g. --move-to lab",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also drop its memberships (members keep their other groups)",
+    )
+    p.set_defaults(func=cmd_group_remove)
+    p = _cmd(
+        group,
+        "add-member",
+        [repo],
+        "add a user to a group",
+        """
+omerofs group add-member lab bob
+omerofs group add-member lab olga --owner""",
+    )
+    p.add_argument("group", help="the group, e.g. lab")
+    p.add_argument("user", help="the user, e.g. bob")
     p.add_argument("--owner", action="store_true", help="make the user a group owner")
     p.set_defaults(func=cmd_group_add_member)
+    p = _cmd(
+        group,
+        "remove-member",
+        [repo],
+        "take a user out of a group",
+        """
+omerofs group remove-member lab bob""",
+    )
+    p.add_argument("group", help="the group, e.g. lab")
+    p.add_argument("user", help="the user, e.g. bob")
+    p.set_defaults(func=cmd_group_remove_member)
 
-    p = sub.add_parser("import", parents=[repo], help="import files or directories")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = _cmd(
+        sub,
+        "import",
+        [repo],
+        "import files or directories, one fileset each",
+        """
+omerofs import --user alice scan.czi
+omerofs import --user alice -g lab -T Project:name:P/Dataset:+name:D run1/ run2/
+omerofs import --user alice --transfer ln_s --dry-run /data/plate/""",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a file (one fileset) or a directory (one fileset of all below it)",
+    )
     p.add_argument(
         "--transfer",
         choices=TRANSFER_MODES,
-        help="transfer mode (default: the repository's [import] transfer)",
+        help="transfer mode (default: the repository's [import] transfer), e.g. --transfer ln",
     )
-    p.add_argument("-T", "--target", help="Dataset:name:D or Project:name:P/Dataset:name:D")
-    p.add_argument("-u", "--user", help="import as this user (default: the caller's user)")
-    p.add_argument("-g", "--group", help="import into this group (default: user's default)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "-T",
+        "--target",
+        help="Dataset:name:D or Project:name:P/Dataset:name:D, "
+        "OMERO's +name qualifier accepted, e.g. -T Dataset:+name:Day1",
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        help="import as this user (default: the caller's user; required as root), e.g. -u alice",
+    )
+    p.add_argument(
+        "-g",
+        "--group",
+        help="import into this group (default: the user's default group), e.g. -g lab",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the filesets that would be imported; change nothing",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log each step on stderr")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("mount", parents=[repo], help="mount the read-only repository view")
-    p.add_argument("mountpoint")
+    p = _cmd(
+        sub,
+        "mount",
+        [repo],
+        "mount the read-only repository view",
+        """
+omerofs mount /mnt/omero
+omerofs mount /mnt/omero --no-passthrough""",
+    )
+    p.add_argument("mountpoint", help="an empty directory, e.g. /mnt/omero")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--no-passthrough", action="store_true", help=NO_PASSTHROUGH_HELP)
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("ingest", parents=[repo], help="mount the writable ingest area")
-    p.add_argument("mountpoint")
+    p = _cmd(
+        sub,
+        "ingest",
+        [repo],
+        "mount the writable ingest area",
+        """
+omerofs ingest /mnt/ingest
+omerofs ingest /mnt/ingest --transfer cp --settle 30 --concurrency 4""",
+    )
+    p.add_argument("mountpoint", help="an empty directory, e.g. /mnt/ingest")
     p.add_argument(
         "--transfer",
         choices=TRANSFER_MODES,
-        help="transfer mode of imports (default: [ingest] transfer, ln_rm)",
+        help="transfer mode of imports (default: [ingest] transfer, ln_rm), e.g. --transfer cp",
     )
-    p.add_argument("--settle", type=float, help="seconds a closed fileset must stay unchanged")
-    p.add_argument("--concurrency", type=int, help="imports running at once")
+    p.add_argument(
+        "--settle",
+        type=_seconds,
+        help="seconds a closed fileset must stay unchanged (finite, >= 0), e.g. --settle 30",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_count(1, MAX_CONCURRENCY),
+        help=f"imports running at once (1 ... {MAX_CONCURRENCY}), e.g. --concurrency 4",
+    )
     xattrs = p.add_mutually_exclusive_group()
     xattrs.add_argument(
         "--xattrs",
@@ -543,32 +991,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("status", parents=[repo], help="ingest queue, imports and failures")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--limit", type=int, default=20, help="how many recent failures to show")
+    p = _cmd(
+        sub,
+        "status",
+        [repo],
+        "daemons, ingest queue, recent imports and failures",
+        """
+omerofs status
+omerofs status --json --limit 100
+omerofs status --ack 17 18""",
+    )
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument(
+        "--limit",
+        type=_count(1),
+        default=20,
+        help="how many recent imports and failures to show (>= 1), e.g. --limit 50",
+    )
+    p.add_argument(
+        "--ack",
+        type=_job_id,
+        nargs="+",
+        metavar="JOB",
+        help="acknowledge failed jobs: no longer shown, e.g. --ack 17",
+    )
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("umount", parents=[repo], help="unmount a view or an ingest mount")
-    p.add_argument("mountpoint")
+    p = _cmd(
+        sub,
+        "umount",
+        [repo],
+        "unmount a view or an ingest mount",
+        """
+omerofs umount /mnt/omero""",
+    )
+    p.add_argument("mountpoint", help="an omerofs mount, e.g. /mnt/omero")
     p.set_defaults(func=cmd_umount)
 
-    p = sub.add_parser("ls", parents=[repo], help="list catalog contents")
+    p = _cmd(
+        sub,
+        "ls",
+        [repo],
+        "list catalog contents",
+        """
+omerofs ls
+omerofs ls users --group lab
+omerofs ls filesets --user alice --json""",
+    )
     p.add_argument(
         "what",
         nargs="?",
         default="filesets",
         choices=["filesets", "users", "groups", "projects", "datasets"],
+        help="what to list (default: filesets)",
     )
-    p.add_argument("--user")
-    p.add_argument("--group")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--user", help="only what this user owns (or, for groups, is in), e.g. --user alice"
+    )
+    p.add_argument("--group", help="only what is in this group, e.g. --group lab")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("info", parents=[repo], help="summarise the repository or one fileset")
-    p.add_argument("fileset", nargs="?", type=int)
-    p.add_argument("--json", action="store_true")
+    p = _cmd(
+        sub,
+        "info",
+        [repo],
+        "summarise the repository, or show one fileset",
+        """
+omerofs info
+omerofs info 42
+omerofs info /mnt/omero/alice/Groups/lab/Datasets/Day1/scan.czi
+omerofs info /mnt/ingest/alice/P/D/run1/""",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="FILESET_OR_PATH",
+        help="a fileset id, or a path in a view, an ingest mount or the ManagedRepository",
+    )
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=cmd_info)
+
+    p = _cmd(
+        sub,
+        "config-reference",
+        [],
+        "print the omerofs.toml reference (docs/config.md)",
+        """
+omerofs config-reference > docs/config.md""",
+    )
+    p.set_defaults(func=cmd_config_reference)
     return parser
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    print(config_reference(), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -581,13 +1099,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except OmerofsError as exc:
-        print(f"omerofs: {exc}", file=sys.stderr)
+        print(f"omerofs: {_one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
     except (OSError, sqlite3.Error) as exc:  # unexpected, but still one line, not a traceback
-        print(f"omerofs: {exc}", file=sys.stderr)
+        print(f"omerofs: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

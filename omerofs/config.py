@@ -2,69 +2,202 @@
 
 A repository is a directory holding ``omerofs.toml``, the SQLite catalog
 ``catalog.sqlite`` and ``ManagedRepository/`` laid out as OMERO lays it out.
+Every key of ``omerofs.toml`` is declared once, in ``SCHEMA`` below (omerofs/schema.py
+says how); ``omerofs config-reference`` prints docs/config.md from it. To add a key:
+one ``Key(...)`` line here and a field of ``RepoConfig``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omerofs.catalog.omero.settings import OmeroSettings
 from omerofs.errors import AlreadyExists, NotFound, UsageError
 from omerofs.ingest.settings import IngestRules
 from omerofs.ingest.transfer import MODES as TRANSFER_MODES
+from omerofs.schema import Key, Section, render_markdown, render_toml, validate
 from omerofs.template import DEFAULT_TEMPLATE, validate_template
 
 CONFIG_NAME = "omerofs.toml"
 CATALOG_NAME = "catalog.sqlite"
 MANAGED_NAME = "ManagedRepository"
+MAX_CONCURRENCY = 64
 
-_DEFAULT_TOML = """\
-# omerofs repository configuration
-[repository]
-# "local": the embedded SQLite catalog beside this file.
-# "omero": an OMERO server, configured in an [omero] section (see docs/omero.md).
-backend = "{backend}"
-# OMERO's omero.fs.repo.path: directories before // belong to root, after it to the user.
-template = "{template}"
 
-[import]
-# Transfer mode used when `omerofs import` is given none.
-transfer = "upload"
+def _template(text: str) -> None:
+    validate_template(text)
 
-[ingest]
-# How closed filesets are imported from the ingest mount (ln_rm: moved in, no copy).
-transfer = "ln_rm"
-# Seconds a fileset must stay closed and unchanged before it is imported.
-settle = 5
-# Imports running at once.
-concurrency = 2
-# Readable user.omerofs.* xattrs (state, error). Off by default: while getxattr works
-# the kernel asks the daemon for security.capability before EVERY write(2), which makes
-# 4 KiB writes ~12x and 1 MiB writes ~1.3x slower. State is in `omerofs status` and
-# NAME.import-error.txt; commit/retry by setxattr work either way.
-xattrs = false
-# Where written files wait for their import (default: staging/ beside this file). For
-# ln/ln_rm it must be on the ManagedRepository's filesystem (with an OMERO backend: the
-# filesystem the server's ManagedRepository is mounted from).
-# staging = "/data/omero/omerofs-staging"
-# Kernel passthrough (Linux >= 6.9, daemon as root): open files are written and read by
-# the kernel directly, at native speed; the daemon still sees every open and close.
-passthrough = true
 
-[view]
-# Seconds the kernel may cache names and attributes of the read-only view.
-cache_timeout = 300
-# Seconds between checks of the catalog for changes (new imports, new members).
-refresh_interval = 0.25
-# Readahead for the mount, in KiB (the kernel default of 128 halves streaming reads).
-read_ahead_kb = 1024
-# Kernel passthrough (Linux >= 6.9, daemon as root): reads of opened originals go from
-# the kernel straight to ManagedRepository, at native speed.
-passthrough = true
+SCHEMA: tuple[Section, ...] = (
+    Section(
+        "repository",
+        "What the repository is: its catalog backend and the ManagedRepository layout.",
+        (
+            Key(
+                "backend",
+                str,
+                "local",
+                '"local": the embedded SQLite catalog beside this file.\n'
+                '"omero": an OMERO server, configured in an [omero] section (docs/omero.md).',
+                choices=("local", "omero"),
+            ),
+            Key(
+                "template",
+                str,
+                DEFAULT_TEMPLATE,
+                "OMERO's omero.fs.repo.path: directories before // belong to root, after "
+                "it to the user.",
+                check=_template,
+            ),
+        ),
+    ),
+    Section(
+        "import",
+        "`omerofs import`.",
+        (
+            Key(
+                "transfer",
+                str,
+                "upload",
+                "Transfer mode used when `omerofs import` is given none.",
+                choices=TRANSFER_MODES,
+            ),
+        ),
+    ),
+    Section(
+        "ingest",
+        "The ingest mount (`omerofs ingest`, docs/ingest.md).",
+        (
+            Key(
+                "transfer",
+                str,
+                "ln_rm",
+                "How closed filesets are imported from the ingest mount (ln_rm: moved in, "
+                "no copy).",
+                choices=TRANSFER_MODES,
+            ),
+            Key(
+                "settle",
+                float,
+                5.0,
+                "Seconds a fileset must stay closed and unchanged before it is imported.",
+                minimum=0,
+            ),
+            Key(
+                "concurrency",
+                int,
+                2,
+                "Imports running at once.",
+                minimum=1,
+                maximum=MAX_CONCURRENCY,
+            ),
+            Key(
+                "xattrs",
+                bool,
+                False,
+                "Readable user.omerofs.* xattrs (state, error). Off by default: while\n"
+                "getxattr works the kernel asks the daemon for security.capability before\n"
+                "EVERY write(2), which makes 4 KiB writes ~12x and 1 MiB writes ~1.3x slower.\n"
+                "State is in `omerofs status` and NAME.import-error.txt; commit/retry by\n"
+                "setxattr work either way.",
+            ),
+            Key(
+                "staging",
+                str,
+                None,
+                "Where written files wait for their import (default: staging/ beside this\n"
+                "file). For ln/ln_rm it must be on the ManagedRepository's filesystem (with\n"
+                "an OMERO backend: the filesystem the server's ManagedRepository is mounted\n"
+                "from).",
+                absolute_path=True,
+                example="/data/omero/omerofs-staging",
+            ),
+            Key(
+                "passthrough",
+                bool,
+                True,
+                "Kernel passthrough (Linux >= 6.9, daemon as root): open files are written\n"
+                "and read by the kernel directly, at native speed; the daemon still sees\n"
+                "every open and close.",
+            ),
+        ),
+        more_keys=lambda: [f.name for f in dataclasses.fields(IngestRules)],
+    ),
+    Section(
+        "view",
+        "The read-only view (`omerofs mount`, docs/view.md).",
+        (
+            Key(
+                "cache_timeout",
+                float,
+                300.0,
+                "Seconds the kernel may cache names and attributes of the read-only view.",
+                minimum=0,
+            ),
+            Key(
+                "refresh_interval",
+                float,
+                0.25,
+                "Seconds between checks of the catalog for changes (new imports, new\nmembers).",
+                above=0,
+            ),
+            Key(
+                "read_ahead_kb",
+                int,
+                1024,
+                "Readahead for the mount, in KiB (the kernel default of 128 halves\n"
+                "streaming reads).",
+                minimum=0,
+                maximum=1 << 20,
+            ),
+            Key(
+                "passthrough",
+                bool,
+                True,
+                "Kernel passthrough (Linux >= 6.9, daemon as root): reads of opened\n"
+                "originals go from the kernel straight to ManagedRepository, at native speed.",
+            ),
+        ),
+    ),
+    Section(
+        "omero",
+        'The OMERO server, when `backend = "omero"`.',
+        delegated=("omerofs/catalog/omero/settings.py", "docs/omero.md"),
+    ),
+    Section(
+        "notify",
+        "Notifications to users and admins (optional).",
+        delegated=("omerofs/notify/settings.py", "docs/notifications.md"),
+    ),
+)
+
+REFERENCE_INTRO = """\
+# omerofs.toml reference
+
+<!-- generated from omerofs/config.py SCHEMA by `omerofs config-reference`; do not edit -->
+
+Every repository has one `omerofs.toml` (TOML, UTF-8). `omerofs init` writes it with
+every key at its default and a comment saying what the key does. Every command reads and
+checks the whole file first: a wrong type, a value out of range, an unknown section or an
+unknown key (with a guess at the key that was meant, as in `cache_timout` ->
+`cache_timeout`) is one line naming the file, the section and the key, and the command
+changes nothing. Numbers must be finite; booleans are `true`/`false`, not strings.
+
+The schema is a small table of keys in `omerofs/config.py` (`omerofs/schema.py` checks
+it) rather than a validation library: tomllib already types the values, and what remains
+is ranges and messages that name the key; pydantic or jsonschema would add a dependency
+for less readable messages.
 """
+
+
+def config_reference() -> str:
+    """docs/config.md."""
+    return render_markdown(SCHEMA, REFERENCE_INTRO)
 
 
 @dataclass(frozen=True)
@@ -84,6 +217,7 @@ class RepoConfig:
     ingest_staging: Path | None = None
     view_passthrough: bool = True
     ingest_passthrough: bool = True
+    notify: dict[str, Any] | None = None  # [notify], parsed by omerofs/notify/settings.py
     ingest_rules: IngestRules = IngestRules()  # the other [ingest] keys: ingest/settings.py
 
     @property
@@ -121,10 +255,11 @@ def init_repo(
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root} exists and is not a directory")
     root.mkdir(parents=True, exist_ok=True)
-    (root / MANAGED_NAME).mkdir(exist_ok=True)
+    (root / MANAGED_NAME).mkdir(mode=0o700, exist_ok=True)  # users go through the mounts
     (root / "logs").mkdir(exist_ok=True)
     tmp = root / (CONFIG_NAME + ".tmp")
-    text = _DEFAULT_TOML.format(template=template, backend="omero" if omero else "local")
+    values = {"repository": {"template": template, "backend": "omero" if omero else "local"}}
+    text = render_toml(SCHEMA, values)
     if omero:
         text += "\n[omero]\n" + "".join(
             f"{key} = {_toml_value(value)}\n" for key, value in omero.items()
@@ -140,52 +275,51 @@ def _toml_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed file; unreadable, non-UTF-8 or malformed is one line naming it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}: not UTF-8 text (line {line}); TOML files must be UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: {' '.join(str(exc).split())}") from None
+
+
 def load_config(root: Path) -> RepoConfig:
-    """Read and validate ``omerofs.toml``; every problem is one clear message."""
+    """Read and validate ``omerofs.toml`` against ``SCHEMA``; every problem is one line."""
     root = root.absolute()
     path = root / CONFIG_NAME
     if not path.is_file():
         raise NotFound(
             f"{root} is not an omerofs repository (no {CONFIG_NAME}; run 'omerofs init')"
         )
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    repo = data.get("repository", {})
-    imp = data.get("import", {})
-    view = data.get("view", {})
-    ingest = data.get("ingest", {})
-    config = RepoConfig(
+    data = validate(read_toml(path), SCHEMA, path)
+    repo, imp, view, ingest = data["repository"], data["import"], data["view"], data["ingest"]
+    return RepoConfig(
         root=root,
-        backend=str(repo.get("backend", "local")),
-        template=str(repo.get("template", DEFAULT_TEMPLATE)),
-        transfer=str(imp.get("transfer", "upload")),
-        cache_timeout=float(view.get("cache_timeout", 300)),
-        refresh_interval=float(view.get("refresh_interval", 0.25)),
-        read_ahead_kb=int(view.get("read_ahead_kb", 1024)),
-        ingest_transfer=str(ingest.get("transfer", "ln_rm")),
-        settle=float(ingest.get("settle", 5)),
-        concurrency=int(ingest.get("concurrency", 2)),
-        ingest_xattrs=bool(ingest.get("xattrs", False)),
-        ingest_staging=Path(str(ingest["staging"])) if ingest.get("staging") else None,
-        view_passthrough=bool(view.get("passthrough", True)),
-        ingest_passthrough=bool(ingest.get("passthrough", True)),
+        backend=repo["backend"],
+        template=repo["template"],
+        transfer=imp["transfer"],
+        cache_timeout=view["cache_timeout"],
+        refresh_interval=view["refresh_interval"],
+        read_ahead_kb=view["read_ahead_kb"],
+        ingest_transfer=ingest["transfer"],
+        settle=ingest["settle"],
+        concurrency=ingest["concurrency"],
+        ingest_xattrs=ingest["xattrs"],
+        ingest_staging=Path(ingest["staging"]) if ingest["staging"] else None,
+        view_passthrough=view["passthrough"],
+        ingest_passthrough=ingest["passthrough"],
         ingest_rules=IngestRules.parse(ingest, path),
-        omero=OmeroSettings.parse(data.get("omero", {}), path)
-        if repo.get("backend") == "omero"
-        else None,
+        notify=data["notify"] or None,
+        omero=OmeroSettings.parse(data["omero"], path) if repo["backend"] == "omero" else None,
     )
-    if config.backend not in ("local", "omero"):
-        raise UsageError(f"{path}: unknown backend {config.backend!r} (expected local or omero)")
-    validate_template(config.template)
-    for mode in (config.transfer, config.ingest_transfer):
-        if mode not in TRANSFER_MODES:
-            raise UsageError(f"{path}: unknown transfer mode {mode!r}")
-    if config.ingest_staging is not None and not config.ingest_staging.is_absolute():
-        raise UsageError(f"{path}: [ingest] staging must be an absolute path")
-    if config.settle < 0 or config.concurrency < 1:
-        raise UsageError(f"{path}: [ingest] settle must be >= 0 and concurrency >= 1")
-    if config.refresh_interval <= 0 or config.cache_timeout < 0:
-        raise UsageError(f"{path}: view timeouts must be positive")
-    return config

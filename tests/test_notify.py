@@ -709,6 +709,26 @@ def test_chat_text_cannot_mention_a_channel(
     assert doc["jobs"][0]["name"] == "<!channel> & co.tif"  # the data stays as it is
 
 
+def test_removed_channel_does_not_leave_messages_pending(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, receiver: Receiver, notifiers
+) -> None:
+    inbox = smtp.start()
+    clock = Clock()
+    notifier = notifiers(settings(inbox.port, receiver), clock)
+    started(notifier, clock)
+    receiver.status = 500
+    failed_job(queue, "alice", "x.tif", "damaged")
+    notifier.step()
+    deliver(notifier)
+    notifier.close()
+    notifiers(settings(inbox.port, None), clock)  # restarted without the webhook
+    states = {d["channel"]: (d["state"], d["last_error"]) for d in notify_status(populated.config)}
+    assert states == {
+        "email": ("sent", None),
+        "webhook:chat": ("dead", "its channel was removed from [notify]"),
+    }
+
+
 def test_damaged_job_row_is_still_told(
     populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers
 ) -> None:

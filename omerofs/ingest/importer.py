@@ -28,15 +28,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    """Where the images go: OMERO's ``-T Dataset:name:D`` or ``Project:name:P/Dataset:name:D``."""
+    """Where the images go: OMERO's ``-T Dataset:name:D`` or ``Project:name:P/Dataset:name:D``.
+
+    OMERO puts a qualifier before the key: ``+name`` the newest container of that name,
+    created when missing (the default), ``-name`` the oldest, ``@name`` always a new
+    one, ``%name`` the only one (an error if several). The embedded catalog and the
+    OMERO writer resolve targets the default way, so ``+`` is accepted and the others
+    are refused rather than silently treated as ``+``."""
 
     project: str | None = None
     dataset: str | None = None
 
+    FORM = "Dataset:name:D or Project:name:P/Dataset:name:D"
+    QUALIFIERS = {"-": "oldest", "@": "always new", "%": "unique"}
+
     @classmethod
     def parse(cls, text: str | None) -> Target:
-        if not text:
+        """None: no target (an orphan fileset); anything else must name a Dataset."""
+        if text is None:
             return cls()
+        if not text.strip():
+            raise UsageError(f"empty target: expected {cls.FORM} (or no -T for no dataset)")
         parts = text.split("/")
         if len(parts) > 2:
             raise UsageError(f"bad target {text!r}: at most Project:name:P/Dataset:name:D")
@@ -44,21 +56,33 @@ class Target:
         for part in parts:
             kind, sep, rest = part.partition(":")
             key, sep2, name = rest.partition(":")
-            if (
-                not (sep and sep2)
-                or key != "name"
-                or kind not in ("Project", "Dataset")
-                or not name
-            ):
+            qualifier = key[:1] if key[:1] in "+-@%" else ""
+            key = key[len(qualifier) :]
+            if qualifier in cls.QUALIFIERS:
                 raise UsageError(
-                    f"bad target {text!r}: expected Dataset:name:D or Project:name:P/Dataset:name:D"
+                    f"target {text!r}: the {qualifier!r} qualifier "
+                    f"({cls.QUALIFIERS[qualifier]}) is not supported here; use '+' "
+                    "(the newest container of that name, created when missing: the default)"
                 )
+            if sep and key == "id":
+                raise UsageError(f"target {text!r}: containers are named here, not given by id")
+            if not (sep and sep2 and name) or key != "name" or kind not in ("Project", "Dataset"):
+                raise UsageError(f"bad target {text!r}: expected {cls.FORM}")
             if name[0] in "+-%@":
-                raise UsageError(f"bad target {text!r}: name qualifiers are not supported")
+                raise UsageError(
+                    f"bad target {text!r}: a qualifier goes before the key, as in "
+                    f"{kind}:{name[0]}name:{name[1:] or 'NAME'}"
+                )
             found[kind] = name
         if "Dataset" not in found or (len(parts) == 2 and list(found) != ["Project", "Dataset"]):
             raise UsageError(f"bad target {text!r}: a Dataset is required (Project is optional)")
         return cls(found.get("Project"), found["Dataset"])
+
+    def describe(self) -> str:
+        if self.dataset is None:
+            return "no dataset (orphaned)"
+        where = f"project {self.project!r} / " if self.project else ""
+        return f"{where}dataset {self.dataset!r}"
 
 
 def _nothing(*_args: Any) -> None:

@@ -271,6 +271,20 @@ class NotifyStore:
                 (state, error, now, delivery_id),
             )
 
+    def abandon_channels(self, configured: Iterable[str], now: float) -> int:
+        """Pending messages of channels no longer in ``[notify]`` will never be sent:
+        mark them dead (with the reason) instead of leaving them pending forever."""
+        keep = sorted(set(configured))
+        marks = ",".join("?" * len(keep))
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE notify_outbox SET state='dead', done=?, "
+                "last_error='its channel was removed from [notify]' "
+                f"WHERE state='pending' AND channel NOT IN ({marks})",
+                (now, *keep),
+            )
+            return cur.rowcount
+
     def postpone(self, delivery_id: int, error: str, next_attempt: float) -> None:
         with self._tx() as db:
             db.execute(

@@ -97,6 +97,9 @@ class Notifier:
         self._pauses = {channel: _Pause() for channel in settings.channels}
         self._quiet = _Quiet()
         self._pruned = 0.0
+        dropped = self.store.abandon_channels(settings.channels, clock())
+        if dropped:
+            log.warning("notify: %d pending messages of removed channels marked dead", dropped)
 
     def close(self) -> None:
         self.store.close()
