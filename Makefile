@@ -1,17 +1,22 @@
 # omerofs — two commands do everything on a fresh Debian machine (as root):
-#   make run    install what is missing, build a demo repository, mount its view
-#   make test   install what is missing, lint, run the whole test suite
+#   make run    install what the embedded backend needs, build a demo repository, mount it
+#   make test   install everything (with the OMERO extra), lint, run the whole test suite
 #   make bench  measure omerofs against the native filesystem -> docs/performance.md
+#   make omero  add the OMERO extra (omero-py; zeroc-ice is built once, ~6-9 min)
+#   make install-units  install the systemd units and mount.fuse.omerofs (docs/service.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPO ?= var/repo
 VIEW ?= mnt/view
 
-.PHONY: run test deps lint bench clean
+.PHONY: run test deps omero lint bench clean install-units
 
+# what the embedded backend needs (pyfuse3 patched and built once into a cache)
 deps:
 	@bash tools/install-deps.sh $(VENV)
-	@bash tools/install-pyfuse3.sh $(VENV)
+
+# the OMERO backend's omero-py; the offline OMERO tests need it, so `make test` too
+omero: deps
 	@bash tools/install-omero.sh $(VENV)
 
 run: deps
@@ -20,12 +25,15 @@ run: deps
 lint: deps
 	$(PY) -m ruff check omerofs tests tools
 
-test: deps lint
+test: deps omero lint
 	$(PY) -m pytest -q tests
 
 # Benchmarks against the native filesystem (root, FUSE, ~15 min, several GB in /var/tmp).
 bench: deps
 	$(PY) tools/bench.py --out docs/performance.md
+
+install-units: deps
+	$(PY) -m omerofs.units install
 
 clean:
 	-@for m in $(VIEW); do fusermount3 -u $$m 2>/dev/null || true; done

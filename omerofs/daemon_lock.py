@@ -64,6 +64,7 @@ class DaemonLock:
         self.path = path
         self.info = info
         self._fd: int | None = fd
+        self._extra: dict[str, object] = {}
 
     @classmethod
     def acquire(cls, config: RepoConfig, role: str, mountpoint: Path) -> DaemonLock:
@@ -79,21 +80,29 @@ class DaemonLock:
                     raise
                 raise _running_error(config, role, _parse(_read_all(fd))) from None
             info = DaemonInfo(role, os.getpid(), str(os.path.abspath(mountpoint)), time.time())
-            data = json.dumps(
-                {
-                    "pid": info.pid,
-                    "mountpoint": info.mountpoint,
-                    "role": role,
-                    "started": datetime.fromtimestamp(info.started, UTC).isoformat(),
-                }
-            ).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data + b"\n", 0)
-            os.fsync(fd)
+            lock = cls(path, fd, info)
+            lock.update()
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, info)
+        return lock
+
+    def update(self, **extra: object) -> None:
+        """(Re)write the holder's description, with ``extra`` keys (e.g. ``metrics``)."""
+        assert self._fd is not None
+        self._extra.update(extra)
+        data = json.dumps(
+            {
+                "pid": self.info.pid,
+                "mountpoint": self.info.mountpoint,
+                "role": self.info.role,
+                "started": datetime.fromtimestamp(self.info.started, UTC).isoformat(),
+                **self._extra,
+            }
+        ).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data + b"\n", 0)
+        os.fsync(self._fd)
 
     def release(self) -> None:
         """Empty the file (its content describes no one any more) and drop the lock."""

@@ -23,24 +23,27 @@ fi
 
 cache="${OMEROFS_WHEEL_CACHE:-$HOME/.cache/omerofs/wheels}/pyfuse3-passthrough-$key"
 tag=$(python_tag "$py")
-wheel=$(ls "$cache"/pyfuse3-$version-$tag-*.whl 2>/dev/null | head -1 || true)
+find_wheel() { ls "$cache"/pyfuse3-$version-$tag-*.whl 2>/dev/null | head -1 || true; }
+wheel=$(find_wheel)
+if [ -z "$wheel" ]; then
+  cache_lock "$cache" "pyfuse3-$tag"
+  wheel=$(find_wheel)  # built by the install we waited for
+fi
 if [ -z "$wheel" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  echo "omerofs: building pyfuse3 $version with kernel passthrough (about 30 s, once)"
-  quiet "$py" -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
-    "pyfuse3==$version" -d "$work"
+  log="$cache/pyfuse3-$version-$tag.build.log"  # outside $work: kept if the build fails
+  echo "omerofs: building pyfuse3 $version with kernel passthrough (about 30 s, once; log: $log)"
+  pip_quiet "$py" download --no-binary :all: --no-deps "pyfuse3==$version" -d "$work"
   tar -xzf "$work/pyfuse3-$version.tar.gz" -C "$work"
   "$py" "$patch/apply.py" "$work/pyfuse3-$version"
-  if ! quiet "$py" -m pip wheel -q --disable-pip-version-check --no-deps -w "$work/dist" \
-         "$work/pyfuse3-$version" >"$work/build.log" 2>&1; then
-    tail -30 "$work/build.log" >&2
-    echo "omerofs: building the patched pyfuse3 failed (last 30 lines above)" >&2
-    exit 1
-  fi
+  with_progress "$log" "pyfuse3" "$py" -m pip wheel -q --disable-pip-version-check --no-deps \
+    -w "$work/dist" "$work/pyfuse3-$version" || build_failed "$log" "the patched pyfuse3"
   wheel=$(cache_wheel "$(ls "$work"/dist/pyfuse3-*.whl)" "$cache")
+  rm -f "$log"
 fi
-quiet "$py" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+pip_quiet "$py" install --force-reinstall --no-deps "$wheel"
+pip_quiet "$py" install "$wheel"  # its own dependencies (trio), if missing
 "$py" -c "import pyfuse3; pyfuse3.backing_open" \
   || { echo "omerofs: the patched pyfuse3 does not import" >&2; exit 1; }
 rm -f "$venv"/.omerofs-pyfuse3-*

@@ -13,6 +13,12 @@ quiet() {  # run pip, hiding its notes about the machine's unreachable local ind
   return "$status"
 }
 
+pip_quiet() {  # pip_quiet PYTHON ARGS...: `PYTHON -m pip ARGS` quietly, as above
+  local py=$1
+  shift
+  quiet "$py" -m pip "$@" -q --disable-pip-version-check
+}
+
 python_tag() {  # python_tag PYTHON: the wheel tag of that interpreter, e.g. cp311
   "$1" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")'
 }
@@ -23,4 +29,41 @@ cache_wheel() {  # cache_wheel BUILT_WHEEL DIR: copy into the cache, print the c
   cp "$1" "$2/.partial.whl"
   mv "$2/.partial.whl" "$2/$(basename "$1")"
   echo "$2/$(basename "$1")"
+}
+
+cache_lock() {  # cache_lock DIR NAME: hold DIR/.NAME.lock (fd 9) until this script ends.
+  # Two installs at once (two checkouts, make run beside make test) build a wheel once:
+  # the second waits here, then finds the first one's wheel in the cache.
+  mkdir -p "$1"
+  exec 9>"$1/.$2.lock"
+  if ! flock -n 9; then
+    echo "omerofs: another install is building $2 in $1; waiting for it" >&2
+    flock 9
+  fi
+}
+
+with_progress() {  # with_progress LOG WHAT CMD...: run CMD with its output in LOG and,
+  # while it runs, one line every OMEROFS_PROGRESS_EVERY (30) seconds with its last line
+  local log=$1 what=$2 every=${OMEROFS_PROGRESS_EVERY:-30}
+  shift 2
+  "$@" >"$log" 2>&1 &
+  local pid=$! start=$SECONDS
+  local next=$((SECONDS + every)) status=0
+  trap 'kill "$pid" 2>/dev/null; exit 130' INT TERM
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if [ "$SECONDS" -ge "$next" ]; then
+      echo "omerofs: still building $what ($((SECONDS - start)) s): $(tail -n 1 "$log" | cut -c1-100)" >&2
+      next=$((SECONDS + every))
+    fi
+  done
+  wait "$pid" || status=$?
+  trap - INT TERM
+  return "$status"
+}
+
+build_failed() {  # build_failed LOG WHAT: show the end of a kept build log, then fail
+  tail -n 30 "$1" >&2
+  echo "omerofs: building $2 failed; last 30 lines above, the whole log is kept at $1" >&2
+  exit 1
 }

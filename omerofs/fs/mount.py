@@ -28,6 +28,7 @@ import pyfuse3
 import trio
 
 from omerofs import sdnotify
+from omerofs.address import METRICS_ENV
 from omerofs.backend import open_backend
 from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
 from omerofs.config import RepoConfig
@@ -38,6 +39,7 @@ from omerofs.fs.passthrough import Backings
 from omerofs.fs.view import FilesetLoader, Invalidation, RepositoryView, fetch_all
 from omerofs.identity import Viewer, fully_visible_groups
 from omerofs.logs import DAEMON_LOG_ENV
+from omerofs.metrics import metrics_server
 from omerofs.ownership import private_dirs, secure_dir
 from omerofs.template import expand_root_depth
 
@@ -185,12 +187,12 @@ def serve_view(
 ) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
     mountpoint = prepare_mountpoint(mountpoint)
-    with DaemonLock.acquire(config, "view", mountpoint):
-        _serve_view(config, mountpoint, passthrough, metrics)
+    with DaemonLock.acquire(config, "view", mountpoint) as lock:
+        _serve_view(config, mountpoint, passthrough, metrics or os.environ.get(METRICS_ENV), lock)
 
 
 def _serve_view(
-    config: RepoConfig, mountpoint: Path, passthrough: bool, metrics: str | None
+    config: RepoConfig, mountpoint: Path, passthrough: bool, metrics: str | None, lock: DaemonLock
 ) -> None:
     if config.omero is None:
         _log_changes(secure_dir(config.managed_dir))
@@ -206,8 +208,9 @@ def _serve_view(
             task_status.started()
             await follow_catalog(view, catalog, config.refresh_interval, ops.lock)
 
-        tasks = [follow, *_metrics_tasks(metrics, config, "view", view=view)]
-        _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, tasks, "view")
+        with metrics_server(metrics, config, "view", mountpoint, view=view) as bound:
+            _announce_metrics(lock, bound)
+            _serve(ops, mountpoint, {"ro"}, config.read_ahead_kb, [follow], "view")
     finally:
         backend.close()
 
@@ -224,7 +227,7 @@ def serve_ingest(
 ) -> None:
     """Mount the writable ingest area and serve it until unmounted or signalled. One per
     repository: a second one fails naming the first (its pid and mountpoint)."""
-    with DaemonLock.acquire(config, "ingest", mountpoint):
+    with DaemonLock.acquire(config, "ingest", mountpoint) as lock:
         _serve_ingest(
             config,
             prepare_mountpoint(mountpoint),
@@ -233,7 +236,8 @@ def serve_ingest(
             concurrency,
             readable_xattrs,
             passthrough,
-            metrics,
+            metrics or os.environ.get(METRICS_ENV),
+            lock,
         )
 
 
@@ -246,6 +250,7 @@ def _serve_ingest(
     readable_xattrs: bool,
     passthrough: bool,
     metrics: str | None,
+    lock: DaemonLock,
 ) -> None:
     from omerofs.ingest.service import IngestService
     from omerofs.ingest.writers import ignore_lease_breaks
@@ -273,13 +278,10 @@ def _serve_ingest(
                     last = now
                     await trio.to_thread.run_sync(ensure_user_dirs, config, catalog)
 
-        tasks = [
-            service.run,
-            follow_users,
-            *_notifier_tasks(config, catalog),
-            *_metrics_tasks(metrics, config, "ingest"),
-        ]
-        _serve(ops, mountpoint, set(), config.read_ahead_kb, tasks, "ingest")
+        tasks = [service.run, follow_users, *_notifier_tasks(config, catalog)]
+        with metrics_server(metrics, config, "ingest", mountpoint) as bound:
+            _announce_metrics(lock, bound)
+            _serve(ops, mountpoint, set(), config.read_ahead_kb, tasks, "ingest")
     finally:
         service.close()
         backend.close()
@@ -325,13 +327,12 @@ def _has_section(config: RepoConfig, name: str) -> bool:
         return False
 
 
-def _metrics_tasks(metrics: str | None, config: RepoConfig, role: str, **sources) -> list:
-    """The Prometheus endpoint (``--metrics ADDR``) as one more task, if asked for."""
-    if not metrics:
-        return []
-    from omerofs import metrics as prom
-
-    return [partial(prom.serve_metrics, metrics, config, role, **sources)]
+def _announce_metrics(lock: DaemonLock, bound: tuple[str, int] | None) -> None:
+    """Where the metrics are, in the lock file (``omerofs status``, and a port 0 made
+    concrete)."""
+    if bound is not None:
+        host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        lock.update(metrics=f"{host}:{bound[1]}")
 
 
 def _log_changes(changes: list[str]) -> None:
