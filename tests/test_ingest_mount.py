@@ -207,7 +207,8 @@ def test_corrupt_tiff_fails_visibly_and_retry_works(populated, ingest, src) -> N
         run_cli("-r", str(populated.config.root), "status", "--json", check=True).stdout
     )
     assert status["users"]["alice"]["failed"] == 1
-    assert status["failures"][0]["fileset"] == "alice/P/D/sample.tif"
+    failure = status["failures"][0]
+    assert failure.get("path", failure.get("fileset")) == "alice/P/D/sample.tif"
     human = run_cli("-r", str(populated.config.root), "status", check=True).stdout
     assert "FAILED" in human and "sample.tif" in human
     # the fix: replace the file the way rsync would; it is retried once it settles

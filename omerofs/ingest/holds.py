@@ -43,23 +43,29 @@ def group_files(paths: Iterable[Path]) -> list[Group]:
 
 
 def completeness(path: Path) -> str | None:
-    """None when ``path`` is complete as its own metadata describes, else why not."""
+    """None when ``path`` is complete as its own metadata describes, else why not.
+    The TIFF check also runs after the formats' one: a multi-page TIFF cut short loses
+    its later IFDs, and only its description (tifffile's shape) says more was coming."""
+    reason = None
     try:
         from omerofs.formats import completeness as formats_completeness
     except ImportError:
-        return _tiff_completeness(path) if path.name.lower().endswith(TIFF_SUFFIXES) else None
-    try:
-        reason = formats_completeness(path)
-    except Exception as exc:  # unreadable: the import itself will say what is wrong
-        log.debug("completeness of %s: %s", path, exc)
-        return None
-    if reason is not None and reason.startswith("unreadable"):
-        return None  # no reader makes sense of it: a failed import says so, not a hold
+        formats_completeness = None
+    if formats_completeness is not None:
+        try:
+            reason = formats_completeness(path)
+        except Exception as exc:  # unreadable: the import itself will say what is wrong
+            log.debug("completeness of %s: %s", path, exc)
+        if reason is not None and reason.startswith("unreadable"):
+            return None  # no reader makes sense of it: a failed import says so, not a hold
+    if reason is None and path.name.lower().endswith(TIFF_SUFFIXES):
+        reason = _tiff_completeness(path)
     return reason
 
 
 def _tiff_completeness(path: Path) -> str | None:
-    """Every strip or tile inside the file, and as many planes as ImageJ announced."""
+    """Every strip or tile inside the file, and as many planes as the description
+    announced (ImageJ ``images=``, tifffile's ``shape``)."""
     import tifffile
 
     size = path.stat().st_size
@@ -70,8 +76,8 @@ def _tiff_completeness(path: Path) -> str | None:
                 for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
                     if offset + count > size:
                         return f"plane {index} lies beyond the end of the file"
-            announced = (tif.imagej_metadata or {}).get("images", 1)
             first = pages[0] if pages else None
+            announced = _announced_planes(tif, first)
             if first is not None and announced > 1 and len(pages) < announced:
                 plane = sum(first.databytecounts)
                 end = first.dataoffsets[0] + announced * plane if first.dataoffsets else 0
@@ -81,3 +87,19 @@ def _tiff_completeness(path: Path) -> str | None:
     except Exception:
         return None  # not a TIFF we can read: the import says so
     return None
+
+
+def _announced_planes(tif, first) -> int:
+    imagej = tif.imagej_metadata or {}
+    if "images" in imagej:
+        return int(imagej["images"])
+    shaped = tif.shaped_metadata or ()
+    if len(shaped) == 1 and first is not None and "shape" in shaped[0]:
+        total = 1
+        for n in shaped[0]["shape"]:
+            total *= int(n)
+        per_page = 1
+        for n in first.shape:
+            per_page *= int(n)
+        return total // per_page if per_page else 1
+    return 1

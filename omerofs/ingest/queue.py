@@ -206,12 +206,15 @@ class JobQueue:
     ) -> Job:
         now = time.time()
         marks = ",".join("?" * len(OPEN_STATES))
+        # a group of files (not a directory) replaces what its members were alone
+        roots = [key.root] if key.is_dir else sorted({key.root, *manifest})
         with self._tx() as db:
-            db.execute(
-                "UPDATE ingest_jobs SET state='superseded', updated=? "
-                f"WHERE root=? AND state IN ({marks})",
-                (now, key.root, *OPEN_STATES),
-            )
+            for root in roots:
+                db.execute(
+                    "UPDATE ingest_jobs SET state='superseded', updated=? "
+                    f"WHERE root=? AND state IN ({marks})",
+                    (now, root, *OPEN_STATES),
+                )
             cur = db.execute(
                 "INSERT INTO ingest_jobs (root, user, grp, project, dataset, is_dir, transfer, "
                 "state, manifest, bytes_total, created, updated, error, duplicate_of, "

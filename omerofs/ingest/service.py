@@ -83,7 +83,7 @@ class Closing:
 class Linger:
     key: FilesetKey
     deadline: float  # trio clock
-    files: set[str]
+    files: dict[str, int]  # staged path -> the size it had when imported (or compared)
 
 
 class IngestService:
@@ -109,7 +109,7 @@ class IngestService:
         self._frozen: SortedSet = SortedSet()  # imported in place (non-rm): never change
         self._lingering: SortedSet = SortedSet()  # imported (rm), names kept a while
         self._lingers: dict[str, Linger] = {}  # fileset root -> its lingering names
-        self._recovered_lingers: list[tuple[FilesetKey, str, float]] = []
+        self._recovered_lingers: list[tuple[FilesetKey, str, int, float]] = []
         self._importing: SortedSet = SortedSet()  # files (and roots) being imported
         self._importing_roots: set[str] = set()
         self._explicit: set[FilesetKey] = set()
@@ -156,7 +156,7 @@ class IngestService:
         await trio.to_thread.run_sync(self._copy_up, self.staging / rel, truncate)
         self._lingering.discard(rel)
         for linger in self._lingers.values():
-            linger.files.discard(rel)
+            linger.files.pop(rel, None)
         await trio.to_thread.run_sync(self.queue.mark_removed, [rel])
         log.warning(
             "%s was opened for writing again after its import; it continues as a new "
@@ -302,8 +302,8 @@ class IngestService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             now = trio.current_time()
-            for key, path, wall_deadline in self._recovered_lingers:
-                self._linger(key, {path}, now + max(0.0, wall_deadline - time.time()))
+            for key, path, size, wall_deadline in self._recovered_lingers:
+                self._linger(key, {path: size}, now + max(0.0, wall_deadline - time.time()))
             self._recovered_lingers.clear()
             for job in await trio.to_thread.run_sync(self.queue.in_state, "queued"):
                 nursery.start_soon(self._run_job, job.id)
@@ -379,8 +379,11 @@ class IngestService:
         if not explicit:
             reason = await trio.to_thread.run_sync(self._hold_reason, closing)
             if reason is not None:
-                if latest is None or latest.state != "incomplete" or latest.error != reason or (
-                    not same_files(latest.manifest, manifest)
+                if (
+                    latest is None
+                    or latest.state != "incomplete"
+                    or latest.error != reason
+                    or (not same_files(latest.manifest, manifest))
                 ):
                     self.paths_changed(
                         await trio.to_thread.run_sync(self._hold, key, manifest, reason)
@@ -389,10 +392,12 @@ class IngestService:
             if await trio.to_thread.run_sync(self._skip_duplicate, key, manifest):
                 self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
                 if transfer.removes_source(self.transfer):  # they go as the import's went
-                    self._linger(key, set(manifest), trio.current_time() + self.rules.linger)
+                    sizes = {p: size for p, (size, _) in manifest.items()}
+                    self._linger(key, sizes, trio.current_time() + self.rules.linger)
                 return
         job = await trio.to_thread.run_sync(self.queue.enqueue, key, self.transfer, manifest)
         self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
+        self.paths_changed(await trio.to_thread.run_sync(self._drop_member_reports, key, manifest))
         log.info("fileset %s closed: queued as job %d (%d files)", key.root, job.id, len(manifest))
         assert self._nursery is not None
         self._nursery.start_soon(self._run_job, job.id)
@@ -416,10 +421,10 @@ class IngestService:
         directory is one fileset, whatever order its files came in)."""
         if key.is_dir:
             manifest = self._dir_manifest(key)
-            missing: list[str] = []
+            missing: dict[str, None] = {}  # (ordered, each once)
             files = [self.staging / p for p in manifest]
             for group in group_files(files):
-                missing.extend(group.missing)
+                missing.update(dict.fromkeys(group.missing))
             return Closing(key, manifest, tuple(missing))
         path = self.staging / key.root
         siblings = self._loose_files(path.parent)
@@ -528,7 +533,19 @@ class IngestService:
         job = self.queue.hold(key, self.transfer, manifest, reason)
         self._write_report(job, reason, kind="incomplete")
         log.warning("fileset %s held as incomplete (job %d): %s", key.root, job.id, reason)
-        return [key.error_report]
+        return [key.error_report, *self._drop_member_reports(key, manifest)]
+
+    def _drop_member_reports(self, key: FilesetKey, manifest: Manifest) -> list[str]:
+        """A group's members were reported alone before (held, failed): no more."""
+        dropped = []
+        for member in manifest if not key.is_dir else ():
+            if member != key.root:
+                report = fileset_of(member)
+                if report is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.staging / report.error_report)
+                        dropped.append(report.error_report)
+        return dropped
 
     def _commit_only(self, key: FilesetKey) -> bool:
         if self.rules.commit_only or key.user in self.rules.commit_only_users:
@@ -732,9 +749,7 @@ class IngestService:
         )
         return fileset.id, None
 
-    def _write(
-        self, plan: SourceFileset, owner, group, job: Job, hooks: ImportHooks
-    ) -> Fileset:
+    def _write(self, plan: SourceFileset, owner, group, job: Job, hooks: ImportHooks) -> Fileset:
         """The importer's rules and writer, but the ``*_rm`` removal is ours: the names
         linger (``_end_linger``) instead of vanishing under a writer that comes back."""
         self.importer._refuse_repository_sources(plan)
@@ -787,21 +802,21 @@ class IngestService:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._retry_at, job.id, job.next_try)
         elif transfer.removes_source(job.transfer):
-            self._linger(key, set(job.manifest), trio.current_time() + self.rules.linger)
+            sizes = {p: size for p, (size, _) in job.manifest.items()}
+            self._linger(key, sizes, trio.current_time() + self.rules.linger)
         else:
             self._frozen.update(job.manifest)
         self.paths_changed(changed)
 
     # -- lingering names of *_rm imports ---------------------------------------------
 
-    def _linger(self, key: FilesetKey, files: set[str], deadline: float) -> None:
-        files = {f for f in files if f}
+    def _linger(self, key: FilesetKey, files: dict[str, int], deadline: float) -> None:
         self._lingering.update(files)
         linger = self._lingers.get(key.root)
         if linger is None:
-            self._lingers[key.root] = Linger(key, deadline, files)
+            self._lingers[key.root] = Linger(key, deadline, dict(files))
         else:
-            linger.files |= files
+            linger.files.update(files)
             linger.deadline = max(linger.deadline, deadline)
         self._poke()
 
@@ -823,8 +838,7 @@ class IngestService:
             return True
         return key.is_dir and _overlapping(key.root, self._importing) is not None
 
-    def _remove_lingering(self, key: FilesetKey, files: set[str]) -> list[str]:
-        recorded = self.queue.imported_files()
+    def _remove_lingering(self, key: FilesetKey, files: dict[str, int]) -> list[str]:
         removed = []
         for rel in sorted(files):
             path = self.staging / rel
@@ -833,7 +847,7 @@ class IngestService:
             except FileNotFoundError:
                 removed.append(rel)
                 continue
-            if rel in recorded and recorded[rel][1] == size:
+            if files[rel] == size:
                 os.unlink(path)
                 removed.append(rel)
             else:
@@ -946,7 +960,7 @@ class IngestService:
                 until = job.updated + self.rules.linger
                 if until > time.time():
                     self._lingering.add(path)
-                    self._recovered_lingers.append((job.key, path, until))
+                    self._recovered_lingers.append((job.key, path, size, until))
                     continue
                 os.unlink(full)
                 finished.append(path)
