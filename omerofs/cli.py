@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from omerofs import __version__
+from omerofs.address import MetricsOption
 from omerofs.backend import Backend, open_backend
 from omerofs.catalog.local import LocalCatalog
 from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
@@ -946,6 +947,7 @@ omerofs mount /mnt/omero --no-passthrough""",
     p.add_argument("mountpoint", help="an empty directory, e.g. /mnt/omero")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--no-passthrough", action="store_true", help=NO_PASSTHROUGH_HELP)
+    p.add_argument("--metrics", action=MetricsOption)  # omerofs/address.py (service)
     p.set_defaults(func=cmd_mount)
 
     p = _cmd(
@@ -989,6 +991,7 @@ omerofs ingest /mnt/ingest --transfer cp --settle 30 --concurrency 4""",
     )
     p.add_argument("--no-passthrough", action="store_true", help=NO_PASSTHROUGH_HELP)
     p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.add_argument("--metrics", action=MetricsOption)  # omerofs/address.py (service)
     p.set_defaults(func=cmd_ingest)
 
     p = _cmd(
