@@ -23,7 +23,7 @@ def group_files(paths: Iterable[Path]) -> list[FileGroup]:
 
     A part the main file names that exists on disk but is not among ``paths`` counts as
     missing: the caller has not got it yet (e.g. still being written)."""
-    from omerofs.formats import format_for, tiff, zarr
+    from omerofs.formats import FORMATS, format_for, tiff, zarr
 
     files = sorted({Path(os.path.abspath(p)) for p in paths})
     remaining: dict[Path, None] = dict.fromkeys(files)
@@ -52,11 +52,14 @@ def group_files(paths: Iterable[Path]) -> list[FileGroup]:
 
     # main files that name their parts
     binary_parts: dict[Path, list[Path]] = {}
-    for f in files:
+    candidates = [(f, format_for(f)) for f in files if f in remaining]
+    rank = {fmt.name: i for i, fmt in enumerate(FORMATS)}
+    candidates = sorted(
+        ((f, fmt) for f, fmt in candidates if fmt is not None and fmt.parts is not None),
+        key=lambda c: (rank[c[1].name], c[0]),  # companion and metadata.txt before TIFFs
+    )
+    for f, fmt in candidates:
         if f not in remaining:
-            continue
-        fmt = format_for(f)
-        if fmt is None or fmt.parts is None:
             continue
         master = tiff.master_of(f) if fmt.name == "TIFF" else None
         if master is not None:

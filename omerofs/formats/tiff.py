@@ -103,6 +103,8 @@ def master_of(path: Path) -> str | None:
 def parts(path: Path) -> Parts:
     """Files an OME-TIFF master names in its TiffData; an MMStack file its
     ``*_metadata.txt``. A BinaryOnly part names nothing here (see master_of)."""
+    if not (is_ome_tiff(path) or "_mmstack" in path.name.lower()):
+        return Parts()  # a plain TIFF names no other file: not even opened
     try:
         with _open(path) as tif:
             ome = _ome(tif)
@@ -143,7 +145,7 @@ def _pages(tif: Any, path: Path) -> list[Any]:
         except Exception as exc:
             raise damaged(path, f"unreadable IFD: {one_line(exc)}") from None
     if not pages:
-        raise damaged(path, "no readable IFD")
+        raise unknown(path, "no readable IFD")  # nothing says it is a TIFF beyond 4 bytes
     for number, page in enumerate(pages, 1):
         for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
             if count:
