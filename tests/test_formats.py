@@ -48,9 +48,10 @@ EXPECTED: dict[str, tuple[list[tuple[int, int, int, int, int, str]], str]] = {
         "ResolutionLevel 0/TimePoint 0/Channel 0/Data ZYX (1, 128, 128) uint16",
     ),
     "lif/LeicaLASX_wavelength-sweep_example.lif": (
-        [(64, 64, 1, 20, 1, "uint8"), (64, 64, 1, 15, 1, "uint8"), (64, 64, 11, 10, 2, "uint8")],
-        "3 LIF images; their emission/excitation wavelength sweeps (20, 15, 10 steps) are "
-        "counted as channels; the third has Z 11 and T 2; 8 bits",
+        [(64, 64, 20, 1, 1, "uint8"), (64, 64, 15, 1, 1, "uint8"), (64, 64, 11, 1, 20, "uint8")],
+        "3 LIF images, one ChannelDescription each; their wavelength sweeps (DimID 5/9: 20, "
+        "15, 10 steps) become Z where there is no Z, else multiply T (11 Z, 2 x 10 T), as "
+        "Bio-Formats' LIFReader.translateImageNodes does; 8 bits",
     ),
     "lsm/jimpipeline_test.lsm": (
         [(512, 512, 1, 1, 1, "uint16")],

@@ -1,6 +1,7 @@
 """Leica LIF through liffile (BSD, pure Python): the XML header and the memory block
 table, never the blocks. One Image per LIF image, named by its path in the file, as
-Bio-Formats' LIFReader does; tiles (M) of a tile scan are one Image per tile there too."""
+Bio-Formats' LIFReader does, with its sizes (the XML's Dimension and Channel
+descriptions read by its rules); the tiles of a tile scan are one Image each there too."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from omerofs.formats.base import (
 )
 
 SUFFIXES = (".lif",)
-_CHANNEL_AXES = ("C", "S", "λ", "Λ")  # channels, samples and wavelength sweeps
 
 
 def claims(path: Path) -> bool:
@@ -48,35 +48,53 @@ def read(path: Path) -> list[ImageInfo]:
 
 
 def _series(image: Any) -> list[Series]:
-    sizes = {"X": 1, "Y": 1, "Z": 1, "C": 1, "T": 1}
-    tiles = 1
-    for axis, length in image.sizes.items():
-        if axis in ("X", "Y", "Z", "T"):
-            sizes[axis] *= length
-        elif axis in _CHANNEL_AXES:
-            sizes["C"] *= length
-        elif axis == "M":
-            tiles *= length
+    """Sizes as Bio-Formats' LIFReader.translateImageNodes gives them: C is the number of
+    ChannelDescriptions; DimID 1-4 are X Y Z T, 10 is tiles (one Image each); any other
+    dimension (5, 9: emission/excitation wavelength sweeps, ...) multiplies Z when there
+    is no Z, else T."""
+    element = image.xml_element
+    channels = list(element.iter("ChannelDescription"))
+    sizes = {"X": 1, "Y": 0, "Z": 1, "C": max(1, len(channels)), "T": 0}
+    physical: list[float | None] = [None, None, None]
+    extras = tiles = 1
+    for dim in element.iter("DimensionDescription"):
+        dim_id = int(dim.get("DimID", "0"))
+        n = int(dim.get("NumberOfElements", "1"))
+        length = _metres(dim)
+        if dim_id == 1:
+            sizes["X"] = n
+            physical[0] = length / n if length else None
+        elif dim_id == 2 and sizes["Y"] == 0:
+            sizes["Y"] = n
+            physical[1] = length / n if length else None
+        elif dim_id in (2, 3) and sizes["Y"] != 0 and sizes["Z"] == 1:
+            sizes["Z"] = n
+            physical[2] = length / (n - 1) if length and n > 1 else None
+        elif dim_id in (2, 4) and sizes["Y"] != 0:
+            sizes["T"] = n
+        elif dim_id in (3, 4):  # an XZ or XT scan: its second axis is Y
+            sizes["Y"] = n
+            physical[1] = length / n if length else None
+        elif dim_id == 10:
+            tiles *= n
         else:
-            sizes["T"] *= length
-    physical = _physical(image)
+            extras *= n
+    if extras > 1:
+        if sizes["Z"] == 1:
+            sizes["Z"] = extras
+        else:
+            sizes["T"] = extras if sizes["T"] == 0 else sizes["T"] * extras
+    sizes = {k: max(1, v) for k, v in sizes.items()}
     ptype = pixel_type(image.dtype)
     name = image.path or image.name
-    if tiles == 1:
-        return [Series(sizes, ptype, name, physical)]
-    return [Series(dict(sizes), ptype, name, physical) for _ in range(tiles)]
+    phys = tuple(physical)
+    return [Series(dict(sizes), ptype, name, phys) for _ in range(tiles)]  # type: ignore[arg-type]
 
 
-def _physical(image: Any) -> tuple[float | None, float | None, float | None]:
-    """DimensionDescription Length (m) over NumberOfElements - 1, per axis."""
-    found: dict[str, float | None] = {}
+def _metres(dim: Any) -> float | None:
+    """A DimensionDescription's Length in µm (it is in m for space; None otherwise)."""
     try:
-        for dim in image.xml_element.iter("DimensionDescription"):
-            axis = {"1": "X", "2": "Y", "3": "Z"}.get(dim.get("DimID", ""))
-            n = int(dim.get("NumberOfElements", "0"))
-            if axis and n > 1:
-                unit = dim.get("Unit") or "m"
-                found[axis] = micrometres(float(dim.get("Length", "0")) / (n - 1), unit)
-    except Exception:  # optional metadata
-        return (None, None, None)
-    return (found.get("X"), found.get("Y"), found.get("Z"))
+        value = float(dim.get("Length", "0"))
+    except ValueError:
+        return None
+    return micrometres(value, dim.get("Unit") or "m") if value > 0 else None
