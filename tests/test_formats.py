@@ -321,3 +321,59 @@ def test_a_big_file_is_read_from_its_headers_only(tmp_path: Path) -> None:
         "uint16",
     )
     assert os.stat(path).st_blocks * 512 < 1 << 20  # nothing was ever written or read
+
+
+@needs_data
+def test_micro_manager_and_dv_sets(data: Path, tmp_path: Path) -> None:
+    pos = tmp_path / "acq" / "Pos0"
+    shutil.copytree(data / "micromanager/alpha_2.0_singleplane_manual/Pos0", pos)
+    plane = pos / "img_channel000_position000_time000000000_z000.tif"
+    plane.unlink()
+    assert completeness(pos / "metadata.txt").startswith("0 of 1 planes present")
+    (group,) = group_files(pos.iterdir())
+    assert group.main.name == "metadata.txt" and group.missing == (plane.name,)
+    dv = tmp_path / "dv"
+    dv.mkdir()
+    shutil.copy(data / "dv/toxo.dv", dv)
+    (dv / "toxo.dv.log").write_text("softWoRx log")
+    (group,) = group_files(dv.iterdir())
+    assert [p.name for p in group.files] == ["toxo.dv", "toxo.dv.log"]
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "given,main,count",
+    [
+        ("ome-tiff-multifile/master/multifile-Z3.ome.tiff", "multifile-Z1.ome.tiff", 5),
+        ("ome-tiff-companion/multifile-Z2.ome.tiff", "multifile.companion.ome", 6),
+        ("oif/Cell 1 mitoEGFP.oif", "Cell 1 mitoEGFP.oif", 13),
+        ("micromanager/alpha_2.0_singleplane_manual/Pos0/metadata.txt", "metadata.txt", 2),
+        ("czi/s_1_t_1_c_1_z_1.czi", "s_1_t_1_c_1_z_1.czi", 1),
+    ],
+)
+def test_a_file_given_alone_brings_its_fileset(data: Path, given: str, main: str, count: int):
+    """``omerofs import part.ome.tiff`` imports what Bio-Formats would: the whole set."""
+    from omerofs.ingest.filesets import plan_filesets
+
+    (plan,) = plan_filesets(data / given)
+    assert plan.main.path.name == main and len(plan.files) == count
+    assert len({f.rel_name for f in plan.files}) == count
+
+
+@needs_data
+def test_a_directory_is_planned_as_its_filesets(data: Path) -> None:
+    from omerofs.ingest.filesets import plan_fileset, plan_filesets
+
+    plans = plan_filesets(data / "ome-zarr")
+    assert [p.main.rel_name for p in plans] == [
+        "fake-series-2.zarr/.zattrs",
+        "plate-rows-2.zarr/.zattrs",
+    ]
+    oif = plan_filesets(data / "oif")[0]
+    assert [f.rel_name for f in oif.files[:2]] == [
+        "Cell 1 mitoEGFP.oif",
+        "Cell 1 mitoEGFP.oif.files/s_286352832-137694875.roi",
+    ]
+    # the ingest mount's one-fileset-per-directory plan picks the naming main file first
+    whole = plan_fileset(data / "oif")
+    assert whole.main.rel_name == "oif/Cell 1 mitoEGFP.oif" and len(whole.files) == 13
