@@ -377,3 +377,43 @@ def test_a_directory_is_planned_as_its_filesets(data: Path) -> None:
     # the ingest mount's one-fileset-per-directory plan picks the naming main file first
     whole = plan_fileset(data / "oif")
     assert whole.main.rel_name == "oif/Cell 1 mitoEGFP.oif" and len(whole.files) == 13
+
+
+ND_FILE = """"NDInfoFile", Version 1.0
+"Description", File recreated from images.
+"StartTime1", 20040728 14:07:01
+"DoTimelapse", FALSE
+"DoStage", TRUE
+"NStagePositions", 2
+"Stage1", "left"
+"Stage2", "right"
+"DoWave", TRUE
+"NWavelengths", 2
+"WaveName1", "DAPI"
+"WaveName2", "GFP"
+"DoZSeries", TRUE
+"NZSteps", 2
+"WaveInFileName", TRUE
+"EndFile"
+"""
+
+
+@needs_data
+def test_metamorph_nd_set(data: Path, tmp_path: Path) -> None:
+    """No .nd set ships in shared/data: the real movie.stk (2 planes of 20x20 uint16)
+    stands for each wavelength x stage file the .nd names, as MetamorphReader expects."""
+    (tmp_path / "acq.nd").write_text(ND_FILE)
+    names = [f"acq_w{w}{n}_s{s}.STK" for s in (1, 2) for w, n in ((1, "DAPI"), (2, "GFP"))]
+    for name in names[:3]:
+        shutil.copy(data / "stk/movie.stk", tmp_path / name)
+    assert completeness(tmp_path / "acq.nd") == "4 of 5 files present; missing acq_w2GFP_s2.TIF"
+    (group,) = group_files(tmp_path.iterdir())
+    assert group.main.name == "acq.nd" and group.missing == ("acq_w2GFP_s2.TIF",)
+    shutil.copy(data / "stk/movie.stk", tmp_path / names[3])
+    found = read_images(tmp_path / "acq.nd")
+    assert [(i.name, i.size_x, i.size_y, i.size_z, i.size_c, i.size_t) for i in found] == [
+        ("acq.nd [left]", 20, 20, 2, 2, 1),  # NZSteps 2, NWavelengths 2, no time lapse
+        ("acq.nd [right]", 20, 20, 2, 2, 1),
+    ]
+    (group,) = group_files(tmp_path.iterdir())
+    assert len(group.files) == 5 and group.missing == ()

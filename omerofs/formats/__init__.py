@@ -9,7 +9,19 @@ from pathlib import Path
 
 from omerofs.catalog.protocol import ImageInfo
 from omerofs.errors import DamagedFile, OmerofsError, UnknownFormat
-from omerofs.formats import companion, czi, dv, ims, lif, micromanager, nd2, olympus, tiff, zarr
+from omerofs.formats import (
+    companion,
+    czi,
+    dv,
+    ims,
+    lif,
+    metamorph,
+    micromanager,
+    nd2,
+    olympus,
+    tiff,
+    zarr,
+)
 from omerofs.formats.base import Format, Parts, one_line, suffix_claim
 from omerofs.formats.grouping import FileGroup, group_files
 
@@ -28,6 +40,7 @@ __all__ = [
 FORMATS: tuple[Format, ...] = (
     Format("OME-TIFF companion", companion.claims, companion.read, companion.parts),
     Format("Micro-Manager", micromanager.claims, micromanager.read, micromanager.parts),
+    Format("MetaMorph ND", metamorph.claims, metamorph.read, metamorph.parts),
     Format("OME-Zarr", zarr.claims, zarr.read),
     Format("Zeiss CZI", suffix_claim(*czi.SUFFIXES), czi.read),
     Format("Nikon ND2", suffix_claim(*nd2.SUFFIXES), nd2.read),
