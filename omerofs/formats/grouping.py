@@ -1,7 +1,7 @@
 """Which files form one fileset, main file first, the way Bio-Formats' "used files" do:
 a main file that names its parts (multi-file OME-TIFF, companion.ome, OIF + .oif.files/,
-DV + .dv.log, Micro-Manager metadata.txt, MetaMorph .nd) takes them; an OME-Zarr, an NDTiff directory
-is one fileset; every other file is its own."""
+DV + .dv.log, Micro-Manager metadata.txt, MetaMorph .nd) takes them; an OME-Zarr, an
+NDTiff directory is one fileset; every other file is its own."""
 
 from __future__ import annotations
 
