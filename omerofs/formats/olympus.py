@@ -30,8 +30,8 @@ def read(path: Path) -> list[ImageInfo]:
         with oiffile.OifFile(path) as oif:
             series = _series(oif)
             planes = len(oif.series[0]) if oif.series else 0
-    except Exception as exc:
-        raise damaged(path, one_line(exc)) from None
+    except Exception as exc:  # oiffile's OLE and INI parsing raise many types
+        raise damaged(path, f"unreadable FluoView structure: {one_line(exc)}") from None
     s = series.sizes
     expected = s["Z"] * s["C"] * s["T"]
     if planes < expected:
