@@ -287,17 +287,31 @@ async def run_notifier(
     *,
     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The ingest daemon's notification task. Without ``[notify]`` it reports started
-    and returns; a bad ``[notify]`` raises UsageError before start-up completes."""
-    settings = await trio.to_thread.run_sync(load_notify_settings, config)
+    """The ingest daemon's notification task. It never takes the daemon down: without
+    ``[notify]``, or with a bad one (logged as an error naming the key), it reports
+    started and returns; imports go on either way. To refuse to start on a bad
+    ``[notify]`` instead, call ``load_notify_settings(config)`` before mounting."""
+    try:
+        settings = await trio.to_thread.run_sync(load_notify_settings, config)
+    except UsageError as exc:
+        log.error("notifications off: %s", exc)
+        task_status.started()
+        return
     if settings is None:
         log.info("notifications off (no [notify] in omerofs.toml)")
         task_status.started()
         return
-    notifier = await trio.to_thread.run_sync(Notifier, config, catalog, settings)
+    task_status.started()
+    while True:
+        try:
+            notifier = await trio.to_thread.run_sync(Notifier, config, catalog, settings)
+            break
+        except OmerofsError as exc:  # e.g. the SQLite file locked or unwritable for now
+            log.error("notify: cannot open the outbox (%s); trying again in a minute", exc)
+            await trio.sleep(60)
     log.info("notifications on: %s", ", ".join(settings.channels))
     try:
-        await notifier.run(task_status)
+        await notifier.run()
     finally:
         notifier.close()
 
