@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -747,14 +748,9 @@ def test_damaged_job_row_is_still_told(
     assert "odd.tif" in mail["Subject"]
 
 
-def test_send_test_with_starttls_and_auth(
-    populated: Repo, smtp: SmtpServers, receiver: Receiver, world_dir: Path
-) -> None:
-    """``omerofs notify test``: a real STARTTLS relay that requires AUTH, its certificate
-    from a private CA file; the webhook gets the test document."""
-    import ssl
-
-    cert, key = world_dir / "cert.pem", world_dir / "key.pem"
+def server_tls(where: Path) -> tuple[Path, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1 (the client trusts it as its ca_file)."""
+    cert, key = where / "cert.pem", where / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
         + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
@@ -764,6 +760,59 @@ def test_send_test_with_starttls_and_auth(
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def test_implicit_tls_relay_and_certificate_check(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers, world_dir: Path
+) -> None:
+    """security = "ssl" (TLS from the first byte, port 465 style); a relay whose
+    certificate the client does not trust is a failure to retry, not a send in clear."""
+    cert, context = server_tls(world_dir)
+    inbox = smtp.start(ssl_context=context)
+    clock = Clock()
+    untrusted = notifiers(settings(inbox.port, None, email_security="ssl"), clock)
+    started(untrusted, clock)
+    failed_job(queue, "alice", "a.tif", "damaged")
+    untrusted.step()
+    deliver(untrusted)
+    assert inbox.received() == []
+    (row,) = _email_rows(populated)
+    assert row["state"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in row["last_error"]
+    untrusted.close()
+    trusted = notifiers(
+        settings(inbox.port, None, email_security="ssl", email_ca_file=str(cert)), clock
+    )
+    clock.now += 100
+    deliver(trusted)
+    (mail,) = inbox.received()
+    assert mail["Subject"] == "[omerofs] Import failed: a.tif"
+
+
+def test_message_failing_for_a_week_is_given_up(
+    populated: Repo, queue: JobQueue, receiver: Receiver, notifiers
+) -> None:
+    section = {"give_up_after": 86400, "webhook": [{"name": "chat", "url": receiver.url}]}
+    clock = Clock()
+    notifier = notifiers(NotifySettings.parse(section, Path("/t/omerofs.toml")), clock)
+    started(notifier, clock)
+    receiver.status = 502
+    failed_job(queue, "alice", "a.tif", "damaged")
+    notifier.step()
+    deliver(notifier)
+    clock.now += 86401
+    deliver(notifier)
+    (row,) = notify_status(populated.config)
+    assert row["state"] == "dead" and "give_up_after" in row["last_error"]
+    assert len(receiver.requests) == 1  # not tried again once too old
+
+
+def test_send_test_with_starttls_and_auth(
+    populated: Repo, smtp: SmtpServers, receiver: Receiver, world_dir: Path
+) -> None:
+    """``omerofs notify test``: a real STARTTLS relay that requires AUTH, its certificate
+    from a private CA file; the webhook gets the test document."""
+    cert, context = server_tls(world_dir)
     logins: list[tuple[bytes, bytes]] = []
 
     def authenticator(server, session, envelope, mechanism, auth_data):  # noqa: ANN001
