@@ -46,7 +46,7 @@ if [ -z "$wheel" ]; then
   trap 'rm -rf "$work"' EXIT
   log="$cache/zeroc-ice-$ice_version-$tag.build.log"  # outside $work: kept on failure
   echo "omerofs: building zeroc-ice $ice_version for $tag (about 6-9 minutes on 2 cores, once; log: $log)"
-  pip_quiet "$py" download --no-binary :all: --no-deps "zeroc-ice==$ice_version" -d "$work"
+  pip_quiet "$py" download --no-binary zeroc-ice --no-deps "zeroc-ice==$ice_version" -d "$work"
   tar -xzf "$work/zeroc-ice-$ice_version.tar.gz" -C "$work"
   src="$work/zeroc-ice-$ice_version"
   # Fix 1: <eval.h> is gone in Python 3.11; Python.h declares what it held.

@@ -34,7 +34,7 @@ if [ -z "$wheel" ]; then
   trap 'rm -rf "$work"' EXIT
   log="$cache/pyfuse3-$version-$tag.build.log"  # outside $work: kept if the build fails
   echo "omerofs: building pyfuse3 $version with kernel passthrough (about 30 s, once; log: $log)"
-  pip_quiet "$py" download --no-binary :all: --no-deps "pyfuse3==$version" -d "$work"
+  pip_quiet "$py" download --no-binary pyfuse3 --no-deps "pyfuse3==$version" -d "$work"
   tar -xzf "$work/pyfuse3-$version.tar.gz" -C "$work"
   "$py" "$patch/apply.py" "$work/pyfuse3-$version"
   with_progress "$log" "pyfuse3" "$py" -m pip wheel -q --disable-pip-version-check --no-deps \

@@ -13,10 +13,11 @@ quiet() {  # run pip, hiding its notes about the machine's unreachable local ind
   return "$status"
 }
 
-pip_quiet() {  # pip_quiet PYTHON ARGS...: `PYTHON -m pip ARGS` quietly, as above
+pip_quiet() {  # pip_quiet PYTHON ARGS...: `PYTHON -m pip ARGS` quietly, as above (and
+  # without the build backends' Python warnings, e.g. setuptools' note on editable installs)
   local py=$1
   shift
-  quiet "$py" -m pip "$@" -q --disable-pip-version-check
+  PYTHONWARNINGS=ignore quiet "$py" -m pip "$@" -q --disable-pip-version-check
 }
 
 python_tag() {  # python_tag PYTHON: the wheel tag of that interpreter, e.g. cp311
