@@ -1104,6 +1104,9 @@ def main(argv: list[str] | None = None) -> int:
     except OmerofsError as exc:
         print(f"omerofs: {_one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
+    except ModuleNotFoundError as exc:  # an extra that is not installed (omero-py)
+        print(f"omerofs: {exc.name} is not installed (for OMERO: make omero)", file=sys.stderr)
+        return 1
     except (OSError, sqlite3.Error) as exc:  # unexpected, but still one line, not a traceback
         print(f"omerofs: {_one_line(exc)}", file=sys.stderr)
         return 1

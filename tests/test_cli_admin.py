@@ -177,7 +177,9 @@ def test_omero_repository_says_where_to_do_it(world_dir) -> None:
         str(root),
         "init",
         "--omero-host",
-        "omero.invalid",
+        "127.0.0.1",
+        "--omero-port",
+        "1",  # nothing listens: refused at once
         "--omero-credentials",
         str(creds),
         "--omero-managed-dir",
@@ -190,6 +192,10 @@ def test_omero_repository_says_where_to_do_it(world_dir) -> None:
         (["group", "modify", "lab", "--perms", "private"], "omero group perms"),
     ]:
         one_line_error(run_cli("-r", str(root), *args), words)
+    # reading a fileset asks the server (here: refused), never "manage users in OMERO"
+    res = run_cli("-r", str(root), "info", "1")
+    one_line_error(res, "OMERO server 127.0.0.1:1")
+    assert "manage" not in res.stderr
     res = run_cli("-r", str(root), "init", "--omero-host", "h")
     one_line_error(res, "also needs --omero-credentials, --omero-managed-dir")
 

@@ -73,3 +73,25 @@ def test_levels_from_omero_perms(perms: str, level: PermissionLevel) -> None:
 def test_bad_level_is_a_clear_error() -> None:
     with pytest.raises(UsageError, match="unknown permission level 'public'"):
         PermissionLevel.parse("public")
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("[users]\nalice = 99999999999\n", "uid 99999999999 is outside"),
+        ("[groups]\nlab = -5\n", "gid -5 is outside"),
+        ("[users]\nalice = true\n", "uid True is not a number"),
+        ('[users]\nalice = ""\n', "is not a number"),
+        ("users = 3\n", "[users] must be a table"),
+    ],
+)
+def test_idmap_refuses_ids_a_mount_cannot_serve(tmp_path, text, words) -> None:
+    """An OMERO name mapped to an impossible id would end the view (pyfuse3 cannot encode
+    it), so the id map refuses it when it is loaded."""
+    from omerofs.identity import IdMap
+
+    path = tmp_path / "idmap.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        IdMap.load(path)
+    assert words in str(info.value) and str(path) in str(info.value)
