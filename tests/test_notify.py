@@ -604,6 +604,30 @@ def test_opt_out_is_respected(
     assert [m["To"] for m in inbox.received()][-1] == "bob@example.org"
 
 
+def test_staff_get_a_copy_of_every_problem(
+    populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers, world_dir
+) -> None:
+    inbox = smtp.start()
+    clock = Clock()
+    staff = ["imaging@facility.example.org", "lead@facility.example.org"]
+    notifier = notifiers(settings(inbox.port, None, email_staff=staff, digest_interval=0), clock)
+    started(notifier, clock)
+    set_email_preference(populated.config, populated.catalog, "bob", "none")
+    failed_job(queue, "bob", "b.tif", "b.tif: damaged")
+    imported_job(populated, queue, world_dir / "acq" / "a.tif", "alice", 7)
+    notifier.step()
+    deliver(notifier)
+    with inbox.lock:
+        envelopes = [(rcpt, msg["Subject"]) for _, rcpt, msg, _ in inbox.messages]
+    # bob opted out, his failure still reaches the staff; digests are the users' own
+    assert envelopes == [
+        (staff, "[omerofs] Import failed: b.tif"),
+        (["alice@example.org"], "[omerofs] 1 fileset imported"),
+    ]
+    text = inbox.received()[0].get_content()
+    assert text.startswith("Hello,\r\n") and "the import of bob's P/D/b.tif failed" in text
+
+
 def test_webhook_errors_retry_or_give_up(
     populated: Repo, queue: JobQueue, smtp: SmtpServers, receiver: Receiver, notifiers
 ) -> None:

@@ -49,6 +49,7 @@ def test_webhook_name_is_stable_without_one() -> None:
         ({"email": dict(EMAIL, sender="nobody")}, "[notify.email] sender"),
         ({"email": {"sender": "a@b.org"}}, "needs 'host'"),
         ({"email": dict(EMAIL, opt_out="bob")}, "[notify.email] opt_out"),
+        ({"email": dict(EMAIL, staff=["imaging"])}, "[notify.email] staff"),
         ({"email": dict(EMAIL, credentials="smtp.toml")}, "[notify.email] credentials"),
         ({"email": EMAIL, "digest_interval": -1}, "[notify] digest_interval"),
         ({"email": EMAIL, "poll_interval": 0}, "[notify] poll_interval"),

@@ -183,9 +183,12 @@ def subject(doc: dict[str, Any], prefix: str) -> str:
     return f"{prefix} {text}".strip()
 
 
-def email_message(doc: dict[str, Any], settings: EmailSettings, to: str) -> EmailMessage:
-    """The e-mail for one document. Its Message-ID is derived from the document id, so a
-    message resent after a crash is recognisably the same one."""
+def email_message(
+    doc: dict[str, Any], settings: EmailSettings, to: str, staff: bool = False
+) -> EmailMessage:
+    """The e-mail for one document (``staff``: the facility's copy of a problem). Its
+    Message-ID is derived from the document id, so a message resent after a crash is
+    recognisably the same one."""
     msg = EmailMessage()
     msg["From"] = settings.sender
     msg["To"] = to
@@ -195,10 +198,11 @@ def email_message(doc: dict[str, Any], settings: EmailSettings, to: str) -> Emai
     created = datetime.fromisoformat(doc["created"].replace("Z", "+00:00")).timestamp()
     msg["Date"] = formatdate(created, localtime=False, usegmt=True)
     domain = settings.sender.rsplit("@", 1)[1]
-    msg["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9.-]', '.', doc['id'])}.omerofs@{domain}>"
+    ident = re.sub(r"[^A-Za-z0-9.-]", ".", doc["id"] + (".staff" if staff else ""))
+    msg["Message-ID"] = f"<{ident}.omerofs@{domain}>"
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to us
     msg["X-Omerofs-Event"] = doc["event"]
-    msg.set_content(email_text(doc, settings.list_limit))
+    msg.set_content(email_text(doc, settings.list_limit, staff))
     return msg
 
 
@@ -207,8 +211,8 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def email_text(doc: dict[str, Any], limit: int) -> str:
-    lines = [f"Hello {doc['user']},", ""]
+def email_text(doc: dict[str, Any], limit: int, staff: bool = False) -> str:
+    lines = ["Hello," if staff else f"Hello {doc['user']},", ""]
     jobs = doc["jobs"]
     if doc["event"] == "test":
         lines.append("this is a test message: notifications from this repository reach you.")
@@ -229,7 +233,10 @@ def email_text(doc: dict[str, Any], limit: int) -> str:
     else:
         job = jobs[0]
         what = _what(doc["event"])
-        lines.append(f"the import of {shown_path(job)} {what} (job {job['job']}, {job['at']}).")
+        whose = f"{doc['user']}'s " if staff else ""
+        lines.append(
+            f"the import of {whose}{shown_path(job)} {what} (job {job['job']}, {job['at']})."
+        )
         if job["error"]:
             lines += ["", f"Reason: {job['error']}"]
         lines += ["", _advice(doc["event"])]
@@ -237,8 +244,10 @@ def email_text(doc: dict[str, Any], limit: int) -> str:
         "",
         "-- ",
         f"{doc['facility']} (omerofs, {doc['repository']})",
-        "You get this because notifications are on for your account; ask your facility "
-        "to change what you receive.",
+        "You get a copy of every problem as the facility's staff ([notify.email] staff)."
+        if staff
+        else "You get this because notifications are on for your account; ask your "
+        "facility to change what you receive.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ log = logging.getLogger("omerofs.notify")
 
 PRUNE_AFTER = 90 * 86400.0  # finished outbox rows are kept this long (for status)
 PRUNE_EVERY = 3600.0
+STAFF = ">staff"  # the key suffix of the facility staff's copy of a problem message
 
 
 @dataclass
@@ -160,8 +161,12 @@ class Notifier:
             for hook in self.settings.webhooks
             if hook.wants(event, user)
         ]
-        if self.settings.email is not None:
+        email = self.settings.email
+        if email is not None:
             out.insert(0, self._email(key, event, user, doc))
+            if email.staff and event != DIGEST:
+                staff = ", ".join(email.staff)
+                out.insert(1, Delivery(key + STAFF, "email", event, user, doc, recipient=staff))
         return out
 
     def _email(self, key: str, event: str, user: str, doc: dict[str, Any]) -> Delivery:
@@ -186,7 +191,8 @@ class Notifier:
             email = self.settings.email
             if email is None or delivery.recipient is None:
                 raise DeliveryFailed("e-mail is no longer configured", permanent=True)
-            send_email(email, email_message(delivery.body, email, delivery.recipient))
+            staff = delivery.key.endswith(STAFF)
+            send_email(email, email_message(delivery.body, email, delivery.recipient, staff))
             return
         hook = self._hooks.get(delivery.channel)
         if hook is None:

@@ -110,6 +110,14 @@ class _Section:
             raise self.fail(key, f"must be a list of non-empty strings, not {value!r}")
         return tuple(value)
 
+    def addresses(self, key: str) -> tuple[str, ...]:
+        found = self.names(key)
+        for address in found:
+            local, at, domain = address.partition("@")
+            if not (local and at and domain) or any(c.isspace() or c in ",<>" for c in address):
+                raise self.fail(key, f"{address!r} is not an e-mail address")
+        return found
+
     def path(self, key: str) -> Path | None:
         value = self.text(key)
         if value is None:
@@ -160,6 +168,7 @@ class EmailSettings:
     subject_prefix: str = "[omerofs]"
     domain: str | None = None  # user@domain when the catalog has no address
     opt_out: tuple[str, ...] = ()  # users never e-mailed, whatever they chose
+    staff: tuple[str, ...] = ()  # addresses that get a copy of every problem message
     list_limit: int = 200  # filesets listed by name in one digest e-mail
 
     KEYS = frozenset(
@@ -175,6 +184,7 @@ class EmailSettings:
             "subject_prefix",
             "domain",
             "opt_out",
+            "staff",
             "list_limit",
         ]
     )
@@ -202,6 +212,7 @@ class EmailSettings:
             subject_prefix=s.string("subject_prefix", "[omerofs]"),
             domain=domain,
             opt_out=s.names("opt_out"),
+            staff=s.addresses("staff"),
             list_limit=s.integer("list_limit", 200, 1, 100_000),
         )
 
