@@ -46,6 +46,7 @@ BAD_PEOPLE = (
     ("INSERT INTO memberships VALUES (50, 2, 0)", ()),  # alice in the bad-gid group
     ("INSERT INTO memberships VALUES (999, 3, 0)", ()),  # bob in a group that is not there
     ("INSERT INTO memberships VALUES (50, 50, 1)", ()),
+    ("INSERT INTO experimenters (id, name, uid, admin) VALUES (53, '../evil', 4053, 0)", ()),
 )
 
 
@@ -108,7 +109,7 @@ def test_bad_rows_are_skipped_and_everyone_else_is_served(
     # bad rows arriving while they run
     later = ISSUE_ROWS
     if every_kind:
-        later += (*BAD_PEOPLE[4:6], BAD_PEOPLE[7], *bad_filesets(alice, ro)[:2])
+        later += (*BAD_PEOPLE[4:6], BAD_PEOPLE[7], BAD_PEOPLE[9], *bad_filesets(alice, ro)[:2])
         later += bad_filesets(alice, ro)[4:]
     write_rows(catalog, *later)
     populated.import_file(make_tiff(world_dir / "src" / "after.tif", seed=1), "alice", "ro")
@@ -128,6 +129,7 @@ def test_bad_rows_are_skipped_and_everyone_else_is_served(
     assert res.returncode == 0, res.stderr
     assert run_as("bob", "ls", f"{ingest.mountpoint}/bob").returncode == 0
     assert not (populated.config.staging_dir / "x").exists()
+    assert not (populated.config.staging_dir.parent / "evil").exists()
     alive(view, ingest)
     # each bad row is said once, however often the view polled meanwhile
     log = view.log.read_text()
@@ -143,7 +145,7 @@ def test_catalog_reads_skip_bad_rows(populated) -> None:
     assert not {e.name for e in snap.experimenters.values()} & {"x", "y", "z"}
     assert not {g.name for g in snap.groups.values()} & {"lab5", "odd", "texty"}
     assert all(m.group_id in snap.groups for m in snap.memberships)
-    assert len(populated.catalog.bad_rows.seen) == 6
+    assert len(populated.catalog.bad_rows.seen) == 7
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ MAX_FILE_SIZE = 2**63 - 1  # st_size is a signed 64-bit number
 def _name_problem(kind: str, name: object) -> str | None:
     if not isinstance(name, str) or not name or "\0" in name:
         return f"{kind} name {name!r} is not usable"
+    if kind in ("user", "group") and ("/" in name or name in (".", "..")):
+        return f"{kind} name {name!r} would be a path (staging/<user>/ is made from it)"
     return None
 
 
