@@ -312,6 +312,21 @@ def test_failed_job_sends_one_email_and_one_webhook(
     assert [d["state"] for d in notify_status(populated.config)] == ["sent", "sent"]
 
 
+def test_history_before_the_first_start_is_not_told(
+    populated: Repo, queue: JobQueue, receiver: Receiver, notifiers
+) -> None:
+    old = failed_job(queue, "alice", "old.tif", "damaged")
+    clock = Clock()
+    clock.now = queue.job(old.id).updated  # the notifier is switched on right after
+    section = {"webhook": [{"name": "chat", "url": receiver.url}]}
+    notifier = notifiers(NotifySettings.parse(section, Path("/t/omerofs.toml")), clock)
+    started(notifier, clock)
+    new = failed_job(queue, "alice", "new.tif", "damaged")
+    notifier.step()
+    deliver(notifier)
+    assert [d["id"] for d in receiver.bodies()] == [f"failed:{new.id}"]
+
+
 def test_imports_make_one_digest_per_user(
     populated: Repo, queue: JobQueue, smtp: SmtpServers, receiver: Receiver, notifiers, world_dir
 ) -> None:

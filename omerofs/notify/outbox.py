@@ -143,12 +143,17 @@ class NotifyStore:
             row = db.execute("SELECT value FROM notify_state WHERE key='jobs.cursor'").fetchone()
             if row is None:
                 self._set_cursor(db, now)
+                db.execute(
+                    "INSERT INTO notify_state (key, value) VALUES ('jobs.since', ?)", (repr(now),)
+                )
                 return 0
             cursor = float(row[0])
+            since = db.execute("SELECT value FROM notify_state WHERE key='jobs.since'").fetchone()
+            low = max(min(cursor, now) - OVERLAP, float(since[0]) if since else 0.0)
             columns = _columns(db)
             changed = db.execute(
                 "SELECT id, state, updated FROM ingest_jobs WHERE updated > ? ORDER BY updated",
-                (min(cursor, now) - OVERLAP,),
+                (low,),
             ).fetchall()
             found = [(job_id, state) for job_id, state, _ in changed if state in at_once]
             cursor = max([cursor, *(float(updated) for _, _, updated in changed)])
