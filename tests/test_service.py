@@ -255,3 +255,44 @@ def test_mount_t_fuse_omerofs_for_real(populated, world_dir, sbin_helper) -> Non
     finally:
         _unmount_and_reap(config, view)
         _unmount_and_reap(config, ingest)
+
+
+@needs_fuse
+@needs_root
+def test_ingest_daemon_runs_the_notifier(populated, mount_view, world_dir) -> None:
+    """With [notify] in omerofs.toml the ingest daemon runs omerofs.notify's notifier as
+    one more task: a failed import reaches a real webhook receiver on 127.0.0.1."""
+    import http.server
+    import threading
+
+    received: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with open(populated.config.root / "omerofs.toml", "a") as toml:
+            toml.write(
+                "\n[notify]\npoll_interval = 0.05\n[[notify.webhook]]\nname = 'hook'\n"
+                f"url = 'http://127.0.0.1:{server.server_address[1]}/omerofs'\n"
+            )
+        daemon = mount_view(populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "0.3"))
+        bad = world_dir / "bad.tif"
+        bad.write_bytes(b"no image here\n" * 20)
+        script = f"mkdir -p {daemon.mountpoint}/alice/D && cp {bad} {daemon.mountpoint}/alice/D/"
+        subprocess.run(as_user(ALICE, ["/bin/sh", "-c", script]), check=True)
+        wait_for(lambda: received, timeout=60, what="the webhook for the failed import")
+        assert b"bad.tif" in received[0]
+        assert "notifications on: webhook:hook" in daemon.log.read_text()
+    finally:
+        server.shutdown()
+        server.server_close()
