@@ -769,6 +769,36 @@ def test_removed_channel_does_not_leave_messages_pending(
     }
 
 
+def test_failure_being_retried_is_not_told_until_final(
+    populated: Repo, queue: JobQueue, receiver: Receiver, notifiers
+) -> None:
+    """A passing failure (the server down) is retried by the ingest service: not a
+    problem to tell; the same job failing for good afterwards is told once."""
+    retry_later = getattr(queue, "retry_later", None)
+    if retry_later is None:
+        pytest.skip("this ingest queue does not retry failures by itself")
+    clock = Clock()
+    section = {"webhook": [{"name": "chat", "url": receiver.url}]}
+    notifier = notifiers(NotifySettings.parse(section, Path("/t/omerofs.toml")), clock)
+    started(notifier, clock)
+    root = "alice/P/D/r.tif"
+    job = queue.enqueue(FilesetKey("alice", None, "P", "D", root, False), "ln", {root: (5, 1)})
+    for _ in range(2):
+        queue.start(job.id)
+        retry_later(job.id, "catalog unavailable", time.time() + 60)
+        notifier.step()
+        deliver(notifier)
+        queue.requeue(job.id)
+    assert receiver.requests == []
+    queue.start(job.id)
+    queue.fail(job.id, "r.tif: unknown format")
+    for _ in range(2):
+        notifier.step()
+        deliver(notifier)
+    (doc,) = receiver.bodies()
+    assert doc["id"] == f"failed:{job.id}" and doc["jobs"][0]["attempts"] == 3
+
+
 def test_damaged_job_row_is_still_told(
     populated: Repo, queue: JobQueue, smtp: SmtpServers, notifiers
 ) -> None:
