@@ -67,37 +67,40 @@ def container_problem(container: Container) -> str | None:
 
 def relative_path_problem(path: object) -> str | None:
     """A path inside ManagedRepository: relative, no ``..``, no empty parts."""
-    if not isinstance(path, str) or not path or "\0" in path or path.startswith("/"):
+    if type(path) is not str or not path or path[0] == "/" or "\0" in path:
         return f"path {path!r} is not a relative path"
-    if any(part in ("", ".", "..") for part in path.rstrip("/").split("/")):
+    wrapped = "/" + path.rstrip("/") + "/"  # substring tests: a view checks millions
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         return f"path {path!r} leaves or skips a directory"
     return None
 
 
 def fileset_problem(fs: Fileset) -> str | None:
-    """Checked for every fileset a view places: cheap (a few string tests per file),
-    and it keeps a hand-edited ``../`` from exposing files outside ManagedRepository."""
-    problem = (
-        _id_problem("id", fs.id)
-        or _id_problem("owner", fs.owner_id)
-        or _id_problem("group", fs.group_id)
-        or relative_path_problem(fs.template_prefix)
-    )
-    if problem:
-        return problem
-    if not fs.template_prefix.endswith("/"):
-        return f"template prefix {fs.template_prefix!r} does not end with /"
-    if not isinstance(fs.created, int | float) or not math.isfinite(fs.created):
+    """Checked for every fileset a view places, so cheap (~1 us: a few C-level string
+    tests per file), and it keeps a hand-edited ``../`` from exposing files outside
+    ManagedRepository."""
+    if type(fs.id) is not int or type(fs.owner_id) is not int or type(fs.group_id) is not int:
+        return f"ids {fs.id!r}, {fs.owner_id!r}, {fs.group_id!r} are not all ids"
+    prefix = fs.template_prefix
+    if type(prefix) is not str or not prefix.endswith("/"):
+        return f"template prefix {prefix!r} is not a directory path"
+    if type(fs.created) is not float and type(fs.created) is not int:
+        return f"creation time {fs.created!r} is not a time"
+    if not math.isfinite(fs.created):
         return f"creation time {fs.created!r} is not a time"
     for entry in fs.entries:
-        path = entry.repo_path if isinstance(entry.path, str) else None
-        if not isinstance(entry.name, str) or "/" in entry.name or path is None:
-            return f"file name {entry.name!r} is not a file name"
-        if not path.startswith(fs.template_prefix) or (problem := relative_path_problem(path)):
-            return problem or f"file {path!r} lies outside {fs.template_prefix!r}"
-        if not isinstance(entry.size, int) or not 0 <= entry.size <= MAX_FILE_SIZE:
-            return f"file {path!r} has size {entry.size!r}"
-    return None
+        name, path = entry.name, entry.path
+        if type(name) is not str or type(path) is not str or not name or "/" in name:
+            return f"file name {name!r} in {path!r} is not a file name"
+        repo_path = path + name
+        if not repo_path.startswith(prefix):
+            return f"file {repo_path!r} lies outside {prefix!r}"
+        if problem := relative_path_problem(repo_path):
+            return problem
+        size = entry.size
+        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+            return f"file {repo_path!r} has size {size!r}"
+    return relative_path_problem(prefix) if not fs.entries else None
 
 
 class BadRows:
