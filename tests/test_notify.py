@@ -658,6 +658,7 @@ def test_webhook_errors_retry_or_give_up(
     deliver(notifier)
     (hook,) = [d for d in notify_status(populated.config) if d["channel"] == "webhook:chat"]
     assert hook["state"] == "pending" and "503" in hook["last_error"]
+    assert "B000" not in hook["last_error"]  # the URL's secret path stays out of the outbox
     deliver(notifier)  # paused: not tried again before the backoff
     assert len(receiver.requests) == 1
     receiver.status = 200

@@ -40,7 +40,11 @@ def _shown(url: str) -> str:
     """Where a URL points, for messages: Slack and Teams URLs carry their token in the
     path and query, which must stay out of logs and the outbox."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"
 
 
 def webhook_body(settings: WebhookSettings, doc: dict[str, Any]) -> bytes:
