@@ -166,3 +166,22 @@ def test_cli_refuses_ids_that_cannot_be_served(populated, args, message) -> None
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("omerofs: ") and message in lines[0], lines
     assert populated.catalog.snapshot() == before
+
+
+def test_attributes_pyfuse3_cannot_encode_are_eio_not_a_crash(tmp_path) -> None:
+    """The last guard, for a value that got past every check: EIO for that node only."""
+    import errno
+
+    import pyfuse3
+
+    from omerofs.catalog.protocol import Snapshot
+    from omerofs.fs.operations import ViewOperations
+    from omerofs.fs.view import RepositoryView
+
+    view = RepositoryView(Snapshot(event_id=0), 1, lambda viewer, snap: iter(()))
+    ops = ViewOperations(view, str(tmp_path), 1.0)
+    node = view.table.add(view.table.root, "odd", 2**40, 0, 0o40555, 0)
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        ops.attributes(node)
+    assert info.value.errno == errno.EIO
+    assert ops.attributes(view.table.root).st_ino == view.table.root.inode
