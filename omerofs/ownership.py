@@ -10,7 +10,6 @@ theirs. Imported originals themselves are sealed read-only (ingest/transfer.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from pathlib import Path
@@ -32,8 +31,12 @@ def private_dirs(config: RepoConfig) -> list[Path]:
 
 def secure_dir(directory: Path) -> list[str]:
     """Make ``directory`` (created if missing, its parent must exist) private."""
-    with contextlib.suppress(FileExistsError):
+    try:
         directory.mkdir(mode=PRIVATE_DIR_MODE)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise MountError(f"{directory}: its parent directory does not exist") from None
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"{directory} is not a directory")
