@@ -47,3 +47,46 @@ def test_enospc_reaches_the_writer_and_harms_nothing(world_dir, tmpfs, extra) ->
     finally:
         mounted.close()
         repo.catalog.close()
+
+
+def test_a_file_whose_last_write_failed_is_held_not_imported(world_dir, tmpfs) -> None:
+    """Without kernel passthrough the daemon sees the failed write (ENOSPC): the file's
+    fileset is held as incomplete with that reason, never imported as it is."""
+    staging = tmpfs("small", size="24m") / "staging"  # full: only staging, not the queue
+    repo = Repo(world_dir / "repo").populate()
+    mp = world_dir / "ingest"
+    mp.mkdir()
+    toml = repo.config.root / "omerofs.toml"
+    keys = f'[ingest]\nstaging = "{staging}"\n'
+    toml.write_text(toml.read_text().replace("[ingest]\n", keys, 1))
+    mounted = MountedView(
+        repo.config.root,
+        mp,
+        ("ingest", "--transfer", "cp", "--settle", "0.2", "--no-passthrough", "--xattrs"),
+    )
+    try:
+        res = sh(
+            "alice",
+            f"dd if=/dev/zero of={mp}/alice/cut.tif bs=1M count=40 status=none",
+            check=False,
+        )
+        assert res.returncode != 0 and "No space left on device" in res.stderr
+        wait_for(
+            lambda: _state(mp / "alice/cut.tif") == "incomplete",
+            timeout=30,
+            what="the cut-off file to be held",
+        )
+        error = os.getxattr(mp / "alice/cut.tif", "user.omerofs.error").decode()
+        assert "its last write failed (No space left on device)" in error
+        assert not repo.catalog.snapshot().filesets
+        assert (mp / "alice/cut.tif").exists()  # not deleted either
+    finally:
+        mounted.close()
+        repo.catalog.close()
+
+
+def _state(path) -> str | None:
+    try:
+        return os.getxattr(path, "user.omerofs.state").decode()
+    except OSError:
+        return None

@@ -29,8 +29,8 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:
             return True
-        if isinstance(current, sqlite3.OperationalError) and (
-            "locked" in str(current) or "busy" in str(current)
+        if isinstance(current, sqlite3.OperationalError) and any(
+            word in str(current) for word in ("locked", "busy", "disk is full")
         ):
             return True
         if isinstance(current, ImportFailed) and any(m in str(current) for m in TRANSIENT_MESSAGES):

@@ -22,7 +22,8 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,6 +116,7 @@ class IngestService:
         self._explicit: set[FilesetKey] = set()
         self._waiting: set[FilesetKey] = set()  # commit-only: closed, waiting for a commit
         self._failed_writes: dict[str, str] = {}  # staged file -> why its last write failed
+        self._open_markers: Counter[str] = Counter()  # commit markers still being written
         self._group_root: dict[str, str] = {}  # a group member's root -> the group's root
         self._deferred: set[FilesetKey] = set()  # closed while an overlapping import ran
         self._alone: dict[Path, tuple[int, int, bool]] = {}  # file -> (size, mtime, standalone)
@@ -185,6 +187,8 @@ class IngestService:
             await trio.to_thread.run_sync(self.queue.mark_removed, [rel])
 
     def opened(self, rel: str) -> None:
+        if commit_target(rel) is not None:
+            self._open_markers[rel] += 1  # taken when its writer closes it
         key = tracking_key(rel)
         if key is not None:
             self.tracker.opened(key)
@@ -196,6 +200,12 @@ class IngestService:
             self._failed_writes[rel] = os.strerror(write_error)
         else:
             self._failed_writes.pop(rel, None)
+        if self._open_markers[rel] > 0:
+            self._open_markers[rel] -= 1
+            if not self._open_markers[rel]:
+                del self._open_markers[rel]
+                if self._nursery is not None:
+                    self._spawn(self._marker_written, rel)
         key = tracking_key(rel)
         if key is not None:
             self.tracker.released(key, trio.current_time())
@@ -210,8 +220,9 @@ class IngestService:
             self._waiting.discard(key)
             self.tracker.changed(key, trio.current_time())
             self._poke()
-        if commit_target(rel) is not None and self._nursery is not None:
-            self._nursery.start_soon(self._marker_written, rel)
+        marker = commit_target(rel) is not None and not self._open_markers[rel]
+        if marker and self._nursery is not None:  # (renamed into place, or made by mknod)
+            self._spawn(self._marker_written, rel)
 
     async def commit(self, rel: str, is_dir: bool) -> None:
         """Explicit commit (or retry) of the fileset ``rel`` belongs to or is the root of;
@@ -298,6 +309,19 @@ class IngestService:
     def _poke(self) -> None:
         self._wakeup.set()
 
+    def _spawn(self, task: Callable[..., Awaitable[None]], *args: object) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._guarded, task, *args)
+
+    @staticmethod
+    async def _guarded(task: Callable[..., Awaitable[None]], *args: object) -> None:
+        """One fileset's trouble (a full disk under the queue, a bug) is logged, never
+        the daemon's end: the other filesets and the mount go on."""
+        try:
+            await task(*args)
+        except Exception:
+            log.exception("ingest task %s%r failed", task.__name__, args)
+
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -306,9 +330,9 @@ class IngestService:
                 self._linger(key, {path: size}, now + max(0.0, wall_deadline - time.time()))
             self._recovered_lingers.clear()
             for job in await trio.to_thread.run_sync(self.queue.in_state, "queued"):
-                nursery.start_soon(self._run_job, job.id)
+                self._spawn(self._run_job, job.id)
             for job in await trio.to_thread.run_sync(self.queue.in_state, "retrying"):
-                nursery.start_soon(self._retry_at, job.id, job.next_try or 0.0)
+                self._spawn(self._retry_at, job.id, job.next_try or 0.0)
             unsettled = await trio.to_thread.run_sync(self.unsettled)
             for key in unsettled:
                 self.tracker.changed(key, trio.current_time())
@@ -324,9 +348,9 @@ class IngestService:
                 self._wakeup = trio.Event()
                 now = trio.current_time()
                 for key in self.tracker.pop_due(now):
-                    nursery.start_soon(self._close, key)
+                    self._spawn(self._close, key)
                 for root in [r for r, linger in self._lingers.items() if linger.deadline <= now]:
-                    nursery.start_soon(self._end_linger, self._lingers.pop(root))
+                    self._spawn(self._end_linger, self._lingers.pop(root))
 
     async def _close(self, key: FilesetKey) -> None:
         """One fileset's close; whatever goes wrong is logged, never the daemon's end."""
@@ -399,8 +423,7 @@ class IngestService:
         self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
         self.paths_changed(await trio.to_thread.run_sync(self._drop_member_reports, key, manifest))
         log.info("fileset %s closed: queued as job %d (%d files)", key.root, job.id, len(manifest))
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_job, job.id)
+        self._spawn(self._run_job, job.id)
 
     def _members_busy(self, key: FilesetKey, manifest: Manifest) -> bool:
         if key.is_dir:
@@ -799,8 +822,7 @@ class IngestService:
         if fileset_id is None:
             job = self.queue.job(job.id)
             if job.state == "retrying" and job.next_try is not None:
-                assert self._nursery is not None
-                self._nursery.start_soon(self._retry_at, job.id, job.next_try)
+                self._spawn(self._retry_at, job.id, job.next_try)
         elif transfer.removes_source(job.transfer):
             sizes = {p: size for p, (size, _) in job.manifest.items()}
             self._linger(key, sizes, trio.current_time() + self.rules.linger)
