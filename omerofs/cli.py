@@ -58,8 +58,8 @@ def _open(args: argparse.Namespace) -> tuple[RepoConfig, LocalCatalog]:
     if config.omero is not None:
         what = f"{args.command} {args.sub}"
         raise UsageError(
-            f"{config.root} uses the OMERO server {config.omero.host}, where users and "
-            f"groups live: {what} there with {IN_OMERO.get(what, 'OMERO.web: Admin')}"
+            f"{config.root} uses the OMERO server {config.omero.host}: manage its users "
+            f"and groups in OMERO ({what}: {IN_OMERO.get(what, 'OMERO.web: Admin')})"
         )
     return config, LocalCatalog(config.catalog_path)
 

@@ -187,7 +187,7 @@ def test_omero_repository_says_where_to_do_it(world_dir) -> None:
     )
     assert res.returncode == 0, res.stderr
     for args, words in [
-        (["user", "remove", "alice"], "user remove there with OMERO.web: Admin > Users"),
+        (["user", "remove", "alice"], "user remove: OMERO.web: Admin > Users"),
         (["group", "remove-member", "lab", "bob"], "omero user leavegroup"),
         (["group", "modify", "lab", "--perms", "private"], "omero group perms"),
     ]:
