@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import trio
@@ -34,15 +33,12 @@ from sortedcontainers import SortedSet
 from omerofs.catalog.protocol import Fileset
 from omerofs.config import RepoConfig
 from omerofs.errors import Busy, Frozen, OmerofsError, UsageError
-from omerofs.ingest import transfer
+from omerofs.ingest import reports, transfer
+from omerofs.ingest.duplicates import earlier_copy
 from omerofs.ingest.failures import is_transient
 from omerofs.ingest.filesets import SourceFileset, plan_fileset
-from omerofs.ingest.holds import completeness, group_files
 from omerofs.ingest.importer import Importer, ImportHooks, Target
 from omerofs.ingest.paths import (
-    COMMIT_MARKER,
-    COMMIT_ONLY_MARKER,
-    DONE_SUFFIX,
     FilesetKey,
     commit_target,
     fileset_at,
@@ -52,6 +48,7 @@ from omerofs.ingest.paths import (
 )
 from omerofs.ingest.queue import Job, JobQueue, Manifest
 from omerofs.ingest.settings import IngestRules
+from omerofs.ingest.staged import StagedFilesets
 from omerofs.ingest.tracker import CloseTracker
 from omerofs.ingest.writers import open_for_writing
 from omerofs.template import sanitize_name
@@ -69,15 +66,6 @@ class FilesetState:
     error: str | None = None
     fileset_id: int | None = None
     job_id: int | None = None
-
-
-@dataclass(frozen=True)
-class Closing:
-    """What a closing fileset is: its canonical key (a group's main file), its files."""
-
-    key: FilesetKey
-    manifest: Manifest
-    missing: tuple[str, ...] = ()
 
 
 @dataclass
@@ -117,9 +105,10 @@ class IngestService:
         self._waiting: set[FilesetKey] = set()  # commit-only: closed, waiting for a commit
         self._failed_writes: dict[str, str] = {}  # staged file -> why its last write failed
         self._open_markers: Counter[str] = Counter()  # commit markers still being written
-        self._group_root: dict[str, str] = {}  # a group member's root -> the group's root
         self._deferred: set[FilesetKey] = set()  # closed while an overlapping import ran
-        self._alone: dict[Path, tuple[int, int, bool]] = {}  # file -> (size, mtime, standalone)
+        self.staged = StagedFilesets(
+            self.staging, self._frozen, self._lingering, self._failed_writes
+        )
         self._unknown_writers: set[str] = set()  # roots logged as written by unknown handles
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -231,7 +220,7 @@ class IngestService:
         if key is not None:
             self._commit_key(key)
             return
-        keys = await trio.to_thread.run_sync(self._keys_in, rel) if is_dir else []
+        keys = await trio.to_thread.run_sync(self.staged.keys_in, rel) if is_dir else []
         if not keys:
             raise UsageError(f"{rel} is not part of a fileset")
         busy = [k.root for k in keys if self.tracker.is_open(k)]
@@ -247,19 +236,6 @@ class IngestService:
         self._waiting.discard(key)
         self._poke()
 
-    def _keys_in(self, rel: str) -> list[FilesetKey]:
-        """The filesets of the files directly in directory ``rel`` and of the run
-        directories directly below it."""
-        keys = set()
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.staging / rel):
-                child = f"{rel.strip('/')}/{entry.name}"
-                key = fileset_at(child, entry.is_dir(follow_symlinks=False))
-                done = child in self._lingering or child in self._frozen
-                if key is not None and not done:
-                    keys.add(key)
-        return sorted(keys, key=lambda k: k.root)
-
     async def _marker_written(self, rel: str) -> None:
         """``X.done`` or ``.omerofs-commit`` appeared: commit what it names (once the
         marker's own writer has closed it, and the fileset's writers theirs)."""
@@ -270,7 +246,9 @@ class IngestService:
         if not exists:
             return  # X.done before X: X's close finds the marker
         key = fileset_at(target, is_dir)
-        keys = [key] if key is not None else await trio.to_thread.run_sync(self._keys_in, target)
+        keys = (
+            [key] if key is not None else await trio.to_thread.run_sync(self.staged.keys_in, target)
+        )
         for k in keys:
             self._explicit.add(k)
             self._waiting.discard(k)
@@ -284,7 +262,7 @@ class IngestService:
         key = fileset_at(rel, is_dir)
         if key is None:
             return None
-        root = self._group_root.get(key.root, key.root)
+        root = self.staged.group_root.get(key.root, key.root)
         if root in self._importing_roots:
             job = await trio.to_thread.run_sync(self.queue.latest_for, root)
             return FilesetState("importing", job_id=job.id if job else None)
@@ -365,7 +343,7 @@ class IngestService:
     async def _close_unguarded(self, key: FilesetKey) -> None:
         explicit = key in self._explicit
         self._explicit.discard(key)
-        closing = await trio.to_thread.run_sync(self._closing, key)
+        closing = await trio.to_thread.run_sync(self.staged.closing, key)
         if closing is None:
             return
         key = closing.key
@@ -387,8 +365,8 @@ class IngestService:
                 self._explicit.add(key)
             self._settle_again(key)
             return
-        explicit = explicit or await trio.to_thread.run_sync(self._has_marker, key)
-        if not explicit and await trio.to_thread.run_sync(self._commit_only, key):
+        explicit = explicit or await trio.to_thread.run_sync(self.staged.has_marker, key)
+        if not explicit and await trio.to_thread.run_sync(self.staged.commit_only, key, self.rules):
             if key not in self._waiting:
                 log.info("%s closed; waiting for a commit (commit-only)", key.root)
             self._waiting.add(key)
@@ -401,7 +379,7 @@ class IngestService:
             if latest.state in ("failed", "duplicate") and not explicit:
                 return  # unchanged since: wait for a fix or an explicit retry
         if not explicit:
-            reason = await trio.to_thread.run_sync(self._hold_reason, closing)
+            reason = await trio.to_thread.run_sync(self.staged.hold_reason, closing)
             if reason is not None:
                 if (
                     latest is None
@@ -414,14 +392,16 @@ class IngestService:
                     )
                 return
             if await trio.to_thread.run_sync(self._skip_duplicate, key, manifest):
-                self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
+                self.paths_changed(await trio.to_thread.run_sync(self.staged.use_up_markers, key))
                 if transfer.removes_source(self.transfer):  # they go as the import's went
                     sizes = {p: size for p, (size, _) in manifest.items()}
                     self._linger(key, sizes, trio.current_time() + self.rules.linger)
                 return
         job = await trio.to_thread.run_sync(self.queue.enqueue, key, self.transfer, manifest)
-        self.paths_changed(await trio.to_thread.run_sync(self._use_up_markers, key))
-        self.paths_changed(await trio.to_thread.run_sync(self._drop_member_reports, key, manifest))
+        self.paths_changed(await trio.to_thread.run_sync(self.staged.use_up_markers, key))
+        self.paths_changed(
+            await trio.to_thread.run_sync(self.staged.drop_member_reports, key, manifest)
+        )
         log.info("fileset %s closed: queued as job %d (%d files)", key.root, job.id, len(manifest))
         self._spawn(self._run_job, job.id)
 
@@ -436,167 +416,15 @@ class IngestService:
                 return True
         return False
 
-    # -- what a closing fileset is (worker threads) ----------------------------------
-
-    def _closing(self, key: FilesetKey) -> Closing | None:
-        """The fileset ``key`` belongs to as it is now: for a file, the group its
-        directory's files form with it (a multi-file OME-TIFF dropped into a Dataset
-        directory is one fileset, whatever order its files came in)."""
-        if key.is_dir:
-            manifest = self._dir_manifest(key)
-            missing: dict[str, None] = {}  # (ordered, each once)
-            files = [self.staging / p for p in manifest]
-            for group in group_files(files):
-                missing.update(dict.fromkeys(group.missing))
-            return Closing(key, manifest, tuple(missing))
-        path = self.staging / key.root
-        siblings = self._loose_files(path.parent)
-        if path not in siblings:
-            return Closing(key, {})
-        if all(self._standalone(p) for p in siblings):
-            return Closing(key, self._file_manifest(key))
-        for group in group_files(siblings):
-            if path in group.files:
-                main = os.path.relpath(group.main, self.staging)
-                canonical = fileset_of(main) or key
-                manifest: Manifest = {}
-                for member in group.files:
-                    rel = os.path.relpath(member, self.staging)
-                    with contextlib.suppress(FileNotFoundError):
-                        st = os.lstat(member)
-                        manifest[rel] = (st.st_size, st.st_mtime_ns)
-                    self._group_root[rel] = canonical.root
-                return Closing(canonical, manifest, tuple(group.missing))
-        return Closing(key, self._file_manifest(key))
-
-    def _standalone(self, path: Path) -> bool:
-        """A file that is a whole fileset by itself, naming no other file (most are):
-        asked once per version of the file, so a directory of thousands of single files
-        is not regrouped at every close."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return True
-        known = self._alone.get(path)
-        if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
-            return known[2]
-        (group,) = group_files([path]) or [None]
-        alone = group is None or (tuple(group.files) == (path,) and not group.missing)
-        self._alone[path] = (st.st_size, st.st_mtime_ns, alone)
-        return alone
-
-    def _file_manifest(self, key: FilesetKey) -> Manifest:
-        with contextlib.suppress(FileNotFoundError):
-            st = os.lstat(self.staging / key.root)
-            if stat.S_ISREG(st.st_mode):
-                return {key.root: (st.st_size, st.st_mtime_ns)}
-        return {}
-
-    def _loose_files(self, directory: Path) -> list[Path]:
-        """The files of a directory that form file filesets (not imported, not ignored)."""
-        found = []
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(directory):
-                if not entry.is_file(follow_symlinks=False) or is_ignored_name(entry.name):
-                    continue
-                rel = os.path.relpath(entry.path, self.staging)
-                if rel in self._frozen or rel in self._lingering or fileset_of(rel) is None:
-                    continue
-                found.append(Path(entry.path))
-        return sorted(found)
-
-    def manifest(self, key: FilesetKey) -> Manifest:
-        """The files of a fileset as they are now: path -> (size, mtime_ns)."""
-        if key.is_dir:
-            return self._dir_manifest(key)
-        closing = self._closing(key)
-        return closing.manifest if closing is not None else {}
-
-    def _dir_manifest(self, key: FilesetKey) -> Manifest:
-        """Files below a run directory, except those already imported (a follow-up)."""
-        root = self.staging / key.root
-        found: Manifest = {}
-        try:
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
-                for name in filenames:
-                    path = os.path.join(dirpath, name)
-                    if is_ignored_name(name) or os.path.islink(path):
-                        continue
-                    rel = os.path.relpath(path, self.staging)
-                    if rel in self._frozen or rel in self._lingering:
-                        continue
-                    st = os.lstat(path)
-                    found[rel] = (st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
-            return {}
-        return found
-
-    def _hold_reason(self, closing: Closing) -> str | None:
-        """Why a closed fileset is not imported as it is (held ``incomplete``), or None."""
-        for path in closing.manifest:
-            if path in self._failed_writes:
-                name = path.rsplit("/", 1)[-1]
-                return f"{name}: its last write failed ({self._failed_writes[path]})"
-        if closing.missing:
-            present = len(closing.manifest)
-            total = present + len(closing.missing)
-            shown = ", ".join(closing.missing[:3]) + (", ..." if len(closing.missing) > 3 else "")
-            return f"{present} of {total} files present; waiting for {shown}"
-        for path in closing.manifest:
-            try:
-                reason = completeness(self.staging / path)
-            except OSError:
-                continue
-            if reason:
-                return f"{path.rsplit('/', 1)[-1]}: {reason}"
-        return None
-
     def _hold(self, key: FilesetKey, manifest: Manifest, reason: str) -> list[str]:
         job = self.queue.hold(key, self.transfer, manifest, reason)
         self._write_report(job, reason, kind="incomplete")
         log.warning("fileset %s held as incomplete (job %d): %s", key.root, job.id, reason)
-        return [key.error_report, *self._drop_member_reports(key, manifest)]
+        return [key.error_report, *self.staged.drop_member_reports(key, manifest)]
 
-    def _drop_member_reports(self, key: FilesetKey, manifest: Manifest) -> list[str]:
-        """A group's members were reported alone before (held, failed): no more."""
-        dropped = []
-        for member in manifest if not key.is_dir else ():
-            if member != key.root:
-                report = fileset_of(member)
-                if report is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.staging / report.error_report)
-                        dropped.append(report.error_report)
-        return dropped
-
-    def _commit_only(self, key: FilesetKey) -> bool:
-        if self.rules.commit_only or key.user in self.rules.commit_only_users:
-            return True
-        parts = key.root.split("/")
-        upto = len(parts) if key.is_dir else len(parts) - 1
-        return any(
-            os.path.exists(self.staging / "/".join(parts[:i]) / COMMIT_ONLY_MARKER)
-            for i in range(1, upto + 1)
-        )
-
-    def _markers(self, key: FilesetKey) -> list[Path]:
-        root = self.staging / key.root
-        found = [root.with_name(root.name + DONE_SUFFIX)]
-        if key.is_dir:
-            found.append(root / COMMIT_MARKER)
-        return found
-
-    def _has_marker(self, key: FilesetKey) -> bool:
-        return any(os.path.lexists(m) for m in self._markers(key))
-
-    def _use_up_markers(self, key: FilesetKey) -> list[str]:
-        used = []
-        for marker in self._markers(key):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(marker)
-                used.append(os.path.relpath(marker, self.staging))
-        return used
+    def manifest(self, key: FilesetKey) -> Manifest:
+        """The files of a fileset as they are now: path -> (size, mtime_ns)."""
+        return self.staged.manifest(key)
 
     def _gone(self, key: FilesetKey) -> list[str]:
         """Its files were removed: a failure or hold of it is no longer a problem."""
@@ -608,27 +436,13 @@ class IngestService:
         return [key.error_report]
 
     def _skip_duplicate(self, key: FilesetKey, manifest: Manifest) -> bool:
-        """The same content (size + SHA1) imported before from the same paths by the same
-        user: under the "link" and "skip" policies it is not imported again."""
+        """The same content imported before from the same paths by the same user: under
+        the "link" and "skip" policies it is not imported again (duplicates.py)."""
         if self.rules.duplicates == "import":
             return False
-        earlier = self.queue.earlier_imports(list(manifest))
-        if len(earlier) != len(manifest):
+        job = earlier_copy(self.queue, self.catalog, self.staging, key, manifest)
+        if job is None:
             return False
-        jobs = {job_id for job_id, _, _ in earlier.values()}
-        if len(jobs) != 1:
-            return False
-        job = self.queue.job(jobs.pop())
-        if job.key.user != key.user or job.manifest.keys() != manifest.keys():
-            return False
-        for path, (_, size, sha1) in earlier.items():
-            if sha1 is None or size != manifest[path][0]:
-                return False
-        for path, (_, _, sha1) in earlier.items():
-            if transfer.sha1_file(self.staging / path) != sha1:
-                return False
-        if job.prefix and self.catalog.fileset_by_prefix(job.prefix) is None:
-            return False  # the earlier fileset was deleted since: import it again
         linked = self.rules.duplicates == "link"
         dup = self.queue.record_duplicate(key, self.transfer, manifest, job, linked)
         log.info(
@@ -890,51 +704,10 @@ class IngestService:
     def _write_report(
         self, job: Job, error: str, kind: str = "failed", next_try: float | None = None
     ) -> None:
-        key = job.key
-        path = self.staging / key.error_report
-        when = datetime.now().isoformat(timespec="seconds")
-        if kind == "incomplete":
-            text = (
-                f"omerofs is holding {key.root}: it looks incomplete\n"
-                f"when: {when} (job {job.id})\n"
-                f"why: {error}\n\n"
-                "Nothing was imported and nothing was deleted. If a writer was cut off,\n"
-                "write the file again (it is checked again once it settles). To import it\n"
-                "as it is, commit it:\n"
-                f"  setfattr -n user.omerofs.commit -v 1 '{key.name}'\n"
-                f"or create a file '{key.name}.done' beside it.\n"
-            )
-        elif kind == "retrying":
-            at = datetime.fromtimestamp(next_try or time.time()).isoformat(timespec="seconds")
-            text = (
-                f"omerofs could not import {key.root} yet\n"
-                f"when: {when} (job {job.id}, attempt {job.attempts + 1})\n"
-                f"error: {error}\n\n"
-                "This is expected to pass (a server, disk or lock that is busy or down):\n"
-                f"omerofs tries again by itself at {at}. Your files are kept as they are.\n"
-            )
-        else:
-            text = (
-                f"omerofs could not import {key.root}\n"
-                f"when: {when} (job {job.id}, attempt {job.attempts + 1})\n"
-                f"error: {error}\n\n"
-                "Your files were left exactly as they were. Fix the cause, then either change or\n"
-                "replace a file (it is retried once it settles) or retry at once with:\n"
-                f"  setfattr -n user.omerofs.commit -v 1 '{key.name}'\n"
-                "State: getfattr -d -m user.omerofs FILE, or ask an admin for `omerofs status`.\n"
-            )
-        try:
-            tmp = path.with_name("." + path.name + ".new")
-            tmp.write_text(text)
-            st = os.stat(path.parent)
-            os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("could not write error report %s: %s", path, exc)
+        reports.write(self.staging, job, error, kind, next_try)
 
     def _remove_report(self, key: FilesetKey) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.staging / key.error_report)
+        reports.remove(self.staging, key)
 
     # -- start-up: recovery and reconciliation ---------------------------------------
 
@@ -1010,7 +783,7 @@ class IngestService:
                     keys.add(key)
         result = []
         for key in sorted(keys, key=lambda k: k.root):
-            closing = self._closing(key)
+            closing = self.staged.closing(key)
             if closing is None:
                 continue
             latest = self.queue.latest_for(closing.key.root)
