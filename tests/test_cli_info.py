@@ -31,7 +31,8 @@ def test_info_path_in_every_tree(populated, mount_view, world_dir) -> None:
         target="Project:name:P/Dataset:name:D",
     )
     c = populated.import_file(make_tiff(world_dir / "src" / "lone.tif"), "bob", "ro")
-    mp = mount_view(populated).mountpoint
+    view = mount_view(populated)
+    mp = view.mountpoint
     cases = [
         (mp / "alice/ManagedRepository" / a.entries[0].repo_path, a, "view"),
         (mp / "bob/Groups/ro/Projects/P/D/scan.tif", a, "view"),  # the oldest keeps the name
@@ -40,6 +41,7 @@ def test_info_path_in_every_tree(populated, mount_view, world_dir) -> None:
         (populated.config.managed_dir / c.entries[0].repo_path, c, "managed"),
     ]
     for path, fileset, kind in cases:
+        assert path.exists(), path  # the names are the view's own
         found = info(populated, path)
         assert (found["fileset"], found["found_in"]) == (fileset.id, kind), path
         assert found["owner"] in ("alice", "bob") and found["group"] == "ro"
@@ -52,6 +54,7 @@ def test_info_path_in_every_tree(populated, mount_view, world_dir) -> None:
     ]:
         res = run_cli("-r", str(populated.config.root), "info", str(bad))
         assert res.returncode != 0 and words in res.stderr and res.stderr.count("\n") == 1
+    assert view.proc.poll() is None
 
 
 def test_info_path_in_the_ingest_mount(populated, mount_view, world_dir) -> None:
