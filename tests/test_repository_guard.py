@@ -157,7 +157,10 @@ def test_ingested_bytes_cannot_be_changed_from_the_host(
         assert os.stat(staged).st_ino == os.stat(placed).st_ino
         attack(staged)
     if not mode.endswith("_rm"):  # in the mount alice still reads her (frozen) file
-        wait_for(lambda: os.path.exists(target), what="the staged name in the mount")
-        res = as_alice(f"sha1sum {target}")
-        assert res.returncode == 0 and res.stdout.split()[0] == expected, res.stderr
+        Path("/proc/sys/vm/drop_caches").write_text("2")  # attributes fresh from the daemon
+        res = as_alice(f"ls -l {target} && sha1sum {target}")
+        assert res.returncode == 0 and res.stdout.split()[-2] == expected, res.stderr
+        assert " 3001 " in res.stdout  # shown as hers (uid 3001 has no passwd entry)
+        res = as_alice(f"echo more >> {target}")  # refused by the service, not the kernel
+        assert res.returncode != 0 and "Operation not permitted" in res.stderr, res.stderr
     assert sha1_file(placed) == expected
