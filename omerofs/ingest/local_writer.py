@@ -46,7 +46,6 @@ class LocalWriter:
         self.config = config
         self.catalog = catalog
         self.managed = config.managed_dir
-        self.staging_area = config.staging_dir
 
     def write(
         self,
@@ -134,19 +133,10 @@ class LocalWriter:
         account: transfer.Account,
         seals: list[transfer.Seal],
     ) -> str:
-        """Place one file, sealed as the repository's (docs/repository.md). A staged file
-        is reachable only through its writer's own directory of the ingest mount, so an
-        in-place import of it stays readable to them whatever their umask was."""
-        in_staging = self.staging_area in Path(os.path.abspath(source)).parents
+        """Place one file, sealed as the repository's (docs/repository.md)."""
         try:
             return transfer.place(
-                mode,
-                source,
-                dest,
-                hooks.on_bytes,
-                seal_as=account,
-                share_read=in_staging,
-                seals=seals,
+                mode, source, dest, hooks.on_bytes, seal_as=account, seals=seals
             )
         except OSError as exc:
             raise ImportFailed(f"{source}: {exc.strerror or exc}") from None

@@ -85,19 +85,17 @@ def place(
     on_bytes: ByteCounter = None,
     *,
     seal_as: Account | None = None,
-    share_read: bool = False,
     seals: list[Seal] | None = None,
 ) -> str:
     """Transfer ``source`` to ``target`` (which must not exist); return the verified SHA1.
     ``on_bytes(n)`` is told about every chunk transferred (for progress reports).
 
-    With ``seal_as`` the placed original is owned by that account and read-only
-    (``ln``: the shared inode keeps its read bits, all of them with ``share_read``, for
-    sources only reachable through a user's own directory in the ingest mount); what an
-    ``ln`` import changed on its source is appended to ``seals`` for :func:`unseal`."""
+    With ``seal_as`` the placed original is owned by that account and read-only (``ln``:
+    the shared inode keeps its read bits); what an ``ln`` import changed on its source
+    is appended to ``seals`` for :func:`unseal`."""
     kind = base_mode(mode)
     if kind == "ln":
-        return _hardlink(source, target, on_bytes, seal_as, share_read, seals)
+        return _hardlink(source, target, on_bytes, seal_as, seals)
     if kind == "ln_s":
         sha1 = _symlink(source, target, on_bytes)
         if seal_as is not None:  # the link itself; its target is the user's source
@@ -108,14 +106,13 @@ def place(
     return _upload(source, target, on_bytes, seal_as)
 
 
-def read_only_mode(mode: int, share_read: bool = False) -> int:
-    """Permission bits of a sealed original: no write bit; read for all with
-    ``share_read``, else the read bits it had."""
-    bits = stat.S_IMODE(mode) & 0o555  # and no set-id bits
-    return bits | 0o444 if share_read else bits
+def read_only_mode(mode: int) -> int:
+    """Permission bits of a sealed original: the read (and execute) bits it had, no
+    write bit, no set-id bits."""
+    return stat.S_IMODE(mode) & 0o555
 
 
-def seal_inode(path: Path, account: Account, share_read: bool = False) -> Seal:
+def seal_inode(path: Path, account: Account) -> Seal:
     """Make the file at ``path`` the account's and read-only (through one descriptor
     opened without following links, so a name swapped meanwhile cannot redirect it)."""
     fd = _open_inode(path)
@@ -124,7 +121,7 @@ def seal_inode(path: Path, account: Account, share_read: bool = False) -> Seal:
         if not stat.S_ISREG(st.st_mode):
             raise ImportFailed(f"{path}: not a regular file")
         os.fchown(fd, account.uid, account.gid)
-        os.fchmod(fd, read_only_mode(st.st_mode, share_read))
+        os.fchmod(fd, read_only_mode(st.st_mode))
     finally:
         os.close(fd)
     return Seal(Path(path), st.st_ino, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
@@ -167,7 +164,6 @@ def _hardlink(
     target: Path,
     on_bytes: ByteCounter,
     seal_as: Account | None = None,
-    share_read: bool = False,
     seals: list[Seal] | None = None,
 ) -> str:
     try:
@@ -188,7 +184,7 @@ def _hardlink(
         raise ChecksumMismatch(f"{target}: is not a link to {source}")
     if seal_as is None:
         return sha1_file(target, on_bytes)
-    seal = seal_inode(target, seal_as, share_read)
+    seal = seal_inode(target, seal_as)
     try:
         _refuse_open_writers(target)
         sha1 = sha1_file(target, on_bytes)
