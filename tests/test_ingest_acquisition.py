@@ -387,3 +387,38 @@ def test_a_queue_of_the_previous_schema_is_upgraded(world_dir) -> None:
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA foreign_key_check").fetchall() == []
     check.close()
+
+
+@pytest.mark.parametrize("oif_first", [False, True], ids=["parts-first", "oif-first"])
+def test_oif_with_its_files_directory_in_a_dataset_directory_is_one_fileset(
+    populated, ingest, src, oif_first
+) -> None:
+    """An Olympus OIF (``X.oif`` + ``X.oif.files/``, 13 files) written into a Dataset
+    directory: the .oif names the files of its directory, so they are ONE fileset with
+    the .oif first — not a file fileset plus a run directory of their own."""
+    oif_src = Path("/work/shared/data/oif")
+    shutil.copytree(oif_src, src / "oif")
+    (oif,) = (src / "oif").glob("*.oif")
+    parts = src / "oif" / (oif.name + ".files")
+    assert parts.is_dir()
+    expected = 1 + sum(1 for p in parts.rglob("*") if p.is_file())
+    mp = ingest("ln_rm", settle=0.2, run_settle=0.2, linger=0)
+    d = mp / "alice/P/D"
+    first, then = (oif, parts) if oif_first else (parts, oif)
+    sh("alice", f"mkdir -p {d} && cp -r '{first}' {d}/")
+    held = f"alice/P/D/{first.name}"
+    wait_for(
+        lambda: any(j.key.root == held for j in jobs(populated, "incomplete")),
+        timeout=30,
+        what=f"{first.name} to wait for the rest",
+    )
+    assert not filesets(populated)
+    sh("alice", f"cp -r '{then}' {d}/")
+    wait_for(lambda: filesets(populated), timeout=30, what="the OIF's import")
+    wait_for(lambda: drained(populated), timeout=30, what="the queue to drain")
+    wait_for(lambda: not (d / parts.name).exists(), timeout=30, what="the names to go (ln_rm)")
+    fs_list = filesets(populated)
+    assert len(fs_list) == 1, [[e.name for e in f.entries] for f in fs_list]
+    (fs,) = fs_list
+    assert fs.entries[0].name == oif.name and len(fs.entries) == expected
+    assert fs.image_count == 1  # the FluoView set holds one series (CYX 3x256x256)

@@ -532,7 +532,10 @@ class IngestService:
             others = sorted(p for p in include if p != main)
             extra = tuple(
                 dataclasses.replace(
-                    plan.main, path=p, rel_name=sanitize_name(p.name), client_path=str(p)[1:]
+                    plan.main,
+                    path=p,
+                    rel_name="/".join(sanitize_name(c) for c in p.relative_to(main.parent).parts),
+                    client_path=str(p)[1:],
                 )
                 for p in others
             )
@@ -690,6 +693,16 @@ class IngestService:
                 log.warning("%s changed after its import; kept, not removed", rel)
         if removed:
             self.queue.mark_removed(removed)
+        base = (self.staging / key.root).parent
+        for rel in list(removed):  # the parts' own directories (an .oif's .oif.files/)
+            directory = (self.staging / rel).parent
+            while directory != base and base in directory.parents:
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break  # not empty (or gone): a writer is back, fine
+                removed.append(os.path.relpath(directory, self.staging))
+                directory = directory.parent
         if key.is_dir:
             root = self.staging / key.root
             for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):

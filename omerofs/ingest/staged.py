@@ -27,6 +27,10 @@ from omerofs.ingest.paths import (
 from omerofs.ingest.queue import Manifest
 from omerofs.ingest.settings import IngestRules
 
+# Directories that hold the parts of the file they are named after (Olympus FluoView):
+# arriving first, they wait for it instead of becoming a run fileset of their own.
+COMPANION_DIRS = (".oif.files",)
+
 
 @dataclass(frozen=True)
 class Closing:
@@ -50,15 +54,25 @@ class StagedFilesets:
         self.lingering = lingering  # imported (rm), names kept a while: likewise
         self.failed_writes = failed_writes  # staged file -> why its last write failed
         self.group_root: dict[str, str] = {}  # a group member's root -> the group's root
-        self._alone: dict[Path, tuple[int, int, bool]] = {}  # file -> (size, mtime, alone)
+        self._alone: dict[Path, tuple[int, int, tuple[str, ...]]] = {}  # (size, mtime, parts)
 
     def closing(self, key: FilesetKey) -> Closing | None:
         """The fileset ``key`` belongs to as it is now: for a file, the group its
         directory's files form with it (a multi-file OME-TIFF dropped into a Dataset
-        directory is one fileset, whatever order its files came in)."""
+        directory is one fileset, whatever order its files came in; an ``X.oif`` brings
+        its ``X.oif.files/`` directory, which then is not a run fileset of its own)."""
         if key.is_dir:
+            owner = self.claimed_by(key)
+            if owner is not None:
+                return self.closing(owner)
             manifest = self.dir_manifest(key)
             missing: dict[str, None] = {}  # (ordered, each once)
+            root = self.staging / key.root
+            for suffix in COMPANION_DIRS:  # X.oif.files/ before its X.oif: wait for it
+                if root.name.lower().endswith(suffix):
+                    owner = root.with_name(root.name[: -len(".files")])
+                    if not owner.exists():
+                        missing[f"../{owner.name}"] = None
             files = [self.staging / p for p in manifest]
             for group in group_files(files):
                 missing.update(dict.fromkeys(group.missing))
@@ -69,7 +83,7 @@ class StagedFilesets:
             return Closing(key, {})
         if all(self.standalone(p) for p in siblings):
             return Closing(key, self.file_manifest(key))
-        for group in group_files(siblings):
+        for group in group_files(siblings + self.claimed_parts(path.parent, siblings)):
             if path in group.files:
                 main = os.path.relpath(group.main, self.staging)
                 canonical = fileset_of(main) or key
@@ -80,6 +94,9 @@ class StagedFilesets:
                         st = os.lstat(member)
                         manifest[rel] = (st.st_size, st.st_mtime_ns)
                     self.group_root[rel] = canonical.root
+                    member_key = fileset_of(rel)
+                    if member_key is not None and member_key.is_dir:
+                        self.group_root[member_key.root] = canonical.root
                 return Closing(canonical, manifest, tuple(group.missing))
         return Closing(key, self.file_manifest(key))
 
@@ -91,13 +108,52 @@ class StagedFilesets:
             st = os.lstat(path)
         except FileNotFoundError:
             return True
+        return not self.named_parts(path, st)
+
+    def named_parts(self, path: Path, st: os.stat_result | None = None) -> tuple[str, ...]:
+        """The other files ``path`` names (relative to its directory), from its own
+        grouping alone; cached per version of the file."""
+        if st is None:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return ()
         known = self._alone.get(path)
         if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
             return known[2]
         (group,) = group_files([path]) or [None]
-        alone = group is None or (tuple(group.files) == (path,) and not group.missing)
-        self._alone[path] = (st.st_size, st.st_mtime_ns, alone)
-        return alone
+        parts: tuple[str, ...] = ()
+        if group is not None:
+            others = [os.path.relpath(f, path.parent) for f in group.files if f != path]
+            parts = (*others, *group.missing)
+        self._alone[path] = (st.st_size, st.st_mtime_ns, parts)
+        return parts
+
+    def claimed_parts(self, directory: Path, siblings: list[Path]) -> list[Path]:
+        """Files in subdirectories that a file of ``directory`` names as its parts (an
+        ``.oif`` and its ``.oif.files/``): they group with it, not as a run directory."""
+        subdirs = set()
+        for sibling in siblings:
+            for part in self.named_parts(sibling):
+                head, sep, _ = part.partition("/")
+                if sep and head not in (".", "..") and (directory / head).is_dir():
+                    subdirs.add(head)
+        found: list[Path] = []
+        for head in sorted(subdirs):
+            rel = os.path.relpath(directory / head, self.staging)
+            key = fileset_at(rel, is_dir=True)
+            if key is not None and key.root == rel:
+                found.extend(self.staging / p for p in self.dir_manifest(key))
+        return found
+
+    def claimed_by(self, key: FilesetKey) -> FilesetKey | None:
+        """The file fileset beside run directory ``key`` that names it as its parts."""
+        root = self.staging / key.root
+        prefix = root.name + "/"
+        for sibling in self.loose_files(root.parent):
+            if any(part.startswith(prefix) for part in self.named_parts(sibling)):
+                return fileset_of(os.path.relpath(sibling, self.staging))
+        return None
 
     def file_manifest(self, key: FilesetKey) -> Manifest:
         with contextlib.suppress(FileNotFoundError):
