@@ -164,3 +164,12 @@ def test_ingested_bytes_cannot_be_changed_from_the_host(
         res = as_alice(f"echo more >> {target}")  # refused by the service, not the kernel
         assert res.returncode != 0 and "Operation not permitted" in res.stderr, res.stderr
     assert sha1_file(placed) == expected
+
+
+def test_an_import_makes_an_older_repository_private(populated, alice_source) -> None:
+    """A repository from before this rule (ManagedRepository 0755) is closed on the way
+    by the first import, as by every daemon start."""
+    managed = populated.config.managed_dir
+    managed.chmod(0o755)
+    populated.import_file(alice_source, "alice", mode="cp")
+    assert stat.S_IMODE(os.stat(managed).st_mode) == 0o700

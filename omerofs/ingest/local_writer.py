@@ -35,6 +35,7 @@ from omerofs.formats import mimetype as format_mimetype
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset
 from omerofs.ingest.importer import ImportHooks, Target
+from omerofs.ownership import secure_dir
 from omerofs.template import TemplateContext, expand, resolve_increment
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class LocalWriter:
         self.config = config
         self.catalog = catalog
         self.managed = config.managed_dir
+        self._checked_private = False
 
     def write(
         self,
@@ -66,7 +68,7 @@ class LocalWriter:
         try:
             hooks.on_prefix(prefix)
             staging.mkdir()
-            account = transfer.Account.of(self.managed)
+            account = self._account()
             for f in plan.files:
                 dest = staging / f.rel_name
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,15 @@ class LocalWriter:
                 pid = tmp.name[len(TMP_PREFIX) :].split("-", 1)[0]
                 if pid.isdigit() and not _alive(int(pid)):
                     shutil.rmtree(tmp, ignore_errors=True)
+
+    def _account(self) -> transfer.Account:
+        """Who owns what this import places; an older repository's ManagedRepository is
+        made private on the way (as every daemon start does: omerofs/ownership.py)."""
+        if os.geteuid() == 0 and not self._checked_private:
+            for line in secure_dir(self.managed):
+                log.warning("%s", line)
+            self._checked_private = True
+        return transfer.Account.of(self.managed)
 
     def _place(
         self,
