@@ -37,6 +37,17 @@ STATE_XATTRS = (
     b"user.omerofs.job",
 )
 ACTION_XATTRS = (b"user.omerofs.commit", b"user.omerofs.retry")
+# Kept on the staging file for Samba (docs/shares.md): user.* (DOSATTRIB, streams as
+# user.DosStream.*, Windows EAs) and the NT ACL blob of vfs_acl_xattr. Nothing else: the
+# kernel does not enforce POSIX ACLs here, and a file capability is refused so that no
+# staged file ever carries one (KILLPRIV_V2 makes clearing them the daemon's job).
+KEPT_XATTR_PREFIX = b"user."
+KEPT_XATTRS = (b"security.NTACL",)
+CAPABILITY_XATTR = b"security.capability"
+# Ask the kernel for FUSE_HANDLE_KILLPRIV_V2 (patched pyfuse3): it then asks for
+# security.capability once per inode instead of before every write(2), so xattrs can be
+# readable by default. OMEROFS_KILLPRIV_V2=0 turns it off (to measure the difference).
+HANDLE_KILLPRIV_V2 = os.environ.get("OMEROFS_KILLPRIV_V2", "1") != "0"
 
 
 @dataclass
@@ -466,12 +477,20 @@ class IngestOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         return statfs_of(self.staging)
 
-    # -- extended attributes: state, commit, retry -----------------------------------
+    # -- extended attributes: state, commit, retry; Windows metadata for Samba ---------
+
+    handle_killpriv_v2 = HANDLE_KILLPRIV_V2  # read by the patched pyfuse3's init()
+
+    @staticmethod
+    def _kept(name: bytes) -> bool:
+        return name.startswith(KEPT_XATTR_PREFIX) or name in KEPT_XATTRS
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not self.readable_xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
+        if not self._kept(name):  # security.capability (asked per inode), ACLs, SELinux
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         rel = self._node(inode).rel()
         if name in STATE_XATTRS:
             state = await self.service.state(rel, self._is_dir(rel))
@@ -498,7 +517,11 @@ class IngestOperations(pyfuse3.Operations):
         if not self.readable_xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         rel = self._node(inode).rel()
-        names = [os.fsencode(n) for n in os.listxattr(self._path(rel), follow_symlinks=False)]
+        names = [
+            name
+            for name in map(os.fsencode, os.listxattr(self._path(rel), follow_symlinks=False))
+            if self._kept(name) and not name.startswith(b"user.omerofs.")
+        ]
         state = await self.service.state(rel, self._is_dir(rel))
         if state is not None:
             names.append(b"user.omerofs.state")
@@ -516,8 +539,10 @@ class IngestOperations(pyfuse3.Operations):
         if name in ACTION_XATTRS:
             await self.service.commit(rel, self._is_dir(rel))
             return
-        if name.startswith(b"user.omerofs."):
+        if name.startswith(b"user.omerofs.") or name == CAPABILITY_XATTR:
             raise pyfuse3.FUSEError(errno.EPERM)
+        if not self._kept(name):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.service.check_mutable(rel)
         os.setxattr(self._path(rel), name, value, follow_symlinks=False)
 
@@ -526,6 +551,8 @@ class IngestOperations(pyfuse3.Operations):
         rel = self._node(inode).rel()
         if name.startswith(b"user.omerofs."):
             raise pyfuse3.FUSEError(errno.EPERM)
+        if not self._kept(name):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         self.service.check_mutable(rel)
         try:
             os.removexattr(self._path(rel), name, follow_symlinks=False)

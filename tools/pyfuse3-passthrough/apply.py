@@ -1,4 +1,5 @@
-"""Patch an unpacked pyfuse3 3.5.0 sdist for FUSE passthrough (see passthrough.h).
+"""Patch an unpacked pyfuse3 3.5.0 sdist for FUSE passthrough and KILLPRIV_V2 (see
+passthrough.h).
 
 Every edit must match exactly once, so a different pyfuse3 fails loudly here instead
 of building something half-patched. Usage: python apply.py SDIST_DIR
@@ -14,12 +15,13 @@ EDITS = {
             "cdef int session_fd\n",
             "cdef int session_fd\n\n"
             'cdef extern from "passthrough.h" nogil:\n'
-            "    int pt_install(fuse_session *se, int fd, int wanted)\n"
+            "    int pt_install(fuse_session *se, int fd, int passthrough, int killpriv_v2)\n"
             "    int pt_backing_open(int session_fd, int fd)\n"
             "    int pt_backing_close(int session_fd, uint32_t backing_id)\n"
             "    void pt_set_reply_backing_id(int backing_id)\n"
             "    int pt_is_enabled()\n"
-            "    int pt_is_offered()\n",
+            "    int pt_is_offered()\n"
+            "    int pt_killpriv_v2_is_enabled()\n",
         ),
         (
             "    cdef public bint nonseekable\n\n"
@@ -37,10 +39,15 @@ EDITS = {
         (
             "    session_fd = fuse_session_fd(session)\n",
             "    session_fd = fuse_session_fd(session)\n"
-            "    if passthrough:\n"
-            "        res = pt_install(session, session_fd, 1)\n"
+            "    killpriv_v2 = bool(getattr(ops, 'handle_killpriv_v2', False))\n"
+            "    if passthrough or killpriv_v2:\n"
+            "        res = pt_install(session, session_fd, passthrough, killpriv_v2)\n"
             "        if res != 0:\n"
             "            raise OSError(-res, 'fuse_session_custom_io failed')\n\n\n"
+            "def killpriv_v2_enabled():\n"
+            "    '''True once FUSE_HANDLE_KILLPRIV_V2 was granted in FUSE_INIT: the kernel\n"
+            "    then asks for security.capability once per inode, not before every write.'''\n"
+            "    return bool(pt_killpriv_v2_is_enabled())\n\n\n"
             "def passthrough_enabled():\n"
             "    '''True once the kernel was granted FUSE passthrough (after FUSE_INIT).'''\n"
             "    return bool(pt_is_enabled())\n\n\n"

@@ -1,5 +1,6 @@
 /*
- * FUSE passthrough (Linux >= 6.9) for pyfuse3 on libfuse 3.14, which predates it.
+ * FUSE passthrough (Linux >= 6.9) and FUSE_HANDLE_KILLPRIV_V2 for pyfuse3 on libfuse
+ * 3.14, which can ask for neither.
  *
  * libfuse 3.14 can neither ask for FUSE_PASSTHROUGH in the INIT reply nor carry a
  * backing id in an open reply, but it lets a session use custom I/O on /dev/fuse.
@@ -8,6 +9,12 @@
  * writeback cache, which the kernel refuses to combine with it), and put the
  * backing id an open/create handler chose into that one reply. Everything else
  * goes straight to read(2)/writev(2).
+ *
+ * KILLPRIV_V2 (granted in the same INIT reply when the kernel offers it): the server
+ * clears suid/sgid and security.capability itself, so the kernel marks the mount
+ * SB_NOSEC and, once a file was found to carry no security.capability, stops asking
+ * for it before each write (it asks again after an attribute refresh). Without it,
+ * a file system whose getxattr works answers one getxattr round trip per write(2).
  */
 #ifndef OMEROFS_PASSTHROUGH_H
 #define OMEROFS_PASSTHROUGH_H
@@ -23,6 +30,7 @@
 #define PT_OP_INIT 26
 #define PT_INIT_EXT (1u << 30)
 #define PT_WRITEBACK_CACHE (1u << 16)
+#define PT_HANDLE_KILLPRIV_V2 (1u << 28)
 #define PT_PASSTHROUGH_FLAGS2 (1u << 5) /* FUSE_PASSTHROUGH is bit 37 */
 #define PT_FOPEN_PASSTHROUGH (1u << 7)
 /* the only open flags the kernel accepts beside FOPEN_PASSTHROUGH: DIRECT_IO, NOFLUSH,
@@ -52,6 +60,10 @@ struct pt_backing_map {
 };
 
 static int pt_wanted;          /* the file system asked for passthrough */
+static int pt_killpriv_wanted; /* ... and for FUSE_HANDLE_KILLPRIV_V2 */
+static int pt_killpriv_offered;
+static int pt_killpriv_enabled;
+static int pt_init_patched;    /* the INIT reply went out (patched once) */
 static int pt_enabled;         /* granted in the INIT reply we sent */
 static int pt_offered;         /* the kernel offered it in its INIT request */
 static int pt_init_seen;
@@ -68,6 +80,7 @@ static ssize_t pt_read(int fd, void *buf, size_t len, void *userdata)
             memcpy(words, (const char *)buf + sizeof(*in), sizeof(words));
             /* words: major, minor, max_readahead, flags, flags2 */
             pt_offered = (words[3] & PT_INIT_EXT) && (words[4] & PT_PASSTHROUGH_FLAGS2);
+            pt_killpriv_offered = (words[3] & PT_HANDLE_KILLPRIV_V2) != 0;
             pt_init_unique = in->unique;
             pt_init_seen = 1;
         }
@@ -90,17 +103,26 @@ static ssize_t pt_write_patched(int fd, const struct iovec *iov, int count, int 
     size_t arglen = total - sizeof(struct pt_out_header);
     uint32_t word;
     if (is_init) {
-        if (arglen < 40)
+        int passthrough = pt_wanted && pt_offered && arglen >= 40;
+        int killpriv = pt_killpriv_wanted && pt_killpriv_offered && arglen >= 16;
+        pt_init_patched = 1;
+        if (!passthrough && !killpriv)
             return writev(fd, iov, count);
         memcpy(&word, arg + 12, 4);                 /* flags */
-        word = (word | PT_INIT_EXT) & ~PT_WRITEBACK_CACHE;
+        if (killpriv)
+            word |= PT_HANDLE_KILLPRIV_V2;
+        if (passthrough)
+            word = (word | PT_INIT_EXT) & ~PT_WRITEBACK_CACHE;
         memcpy(arg + 12, &word, 4);
-        memcpy(&word, arg + 32, 4);                 /* flags2 */
-        word |= PT_PASSTHROUGH_FLAGS2;
-        memcpy(arg + 32, &word, 4);
-        word = PT_MAX_STACK_DEPTH;                  /* max_stack_depth */
-        memcpy(arg + 36, &word, 4);
-        pt_enabled = 1;
+        if (passthrough) {
+            memcpy(&word, arg + 32, 4);             /* flags2 */
+            word |= PT_PASSTHROUGH_FLAGS2;
+            memcpy(arg + 32, &word, 4);
+            word = PT_MAX_STACK_DEPTH;              /* max_stack_depth */
+            memcpy(arg + 36, &word, 4);
+        }
+        pt_enabled = passthrough;
+        pt_killpriv_enabled = killpriv;
     } else {
         /* fuse_open_out {fh, open_flags, backing_id} ends an open and a create reply */
         if (arglen < 16)
@@ -119,7 +141,7 @@ static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
     if (count >= 1 && iov[0].iov_len >= sizeof(struct pt_out_header)) {
         const struct pt_out_header *out = iov[0].iov_base;
         if (out->error == 0 && out->unique != 0) {
-            if (pt_wanted && pt_offered && !pt_enabled && out->unique == pt_init_unique)
+            if (pt_init_seen && !pt_init_patched && out->unique == pt_init_unique)
                 return pt_write_patched(fd, iov, count, 1);
             if (pt_reply_backing_id > 0)
                 return pt_write_patched(fd, iov, count, 0);
@@ -135,10 +157,12 @@ static const struct fuse_custom_io pt_io = {
     .splice_send = NULL,
 };
 
-static int pt_install(struct fuse_session *se, int fd, int wanted)
+static int pt_install(struct fuse_session *se, int fd, int passthrough, int killpriv_v2)
 {
-    pt_wanted = wanted;
-    pt_enabled = pt_offered = pt_init_seen = 0;
+    pt_wanted = passthrough;
+    pt_killpriv_wanted = killpriv_v2;
+    pt_enabled = pt_offered = pt_init_seen = pt_init_patched = 0;
+    pt_killpriv_offered = pt_killpriv_enabled = 0;
     return fuse_session_custom_io(se, &pt_io, fd);
 }
 
@@ -159,5 +183,6 @@ static int pt_backing_close(int session_fd, uint32_t backing_id)
 static void pt_set_reply_backing_id(int32_t backing_id) { pt_reply_backing_id = backing_id; }
 static int pt_is_enabled(void) { return pt_enabled; }
 static int pt_is_offered(void) { return pt_offered; }
+static int pt_killpriv_v2_is_enabled(void) { return pt_killpriv_enabled; }
 
 #endif
