@@ -37,6 +37,9 @@ Description=omerofs {what} at %f
 {docs}After=local-fs.target network-online.target
 Wants=network-online.target
 RequiresMountsFor=%f
+# a daemon that keeps failing (a broken omerofs.toml) stops being restarted
+StartLimitIntervalSec=120
+StartLimitBurst=5
 
 [Service]
 Type=notify
@@ -50,6 +53,8 @@ KillSignal=SIGTERM
 TimeoutStopSec=120
 Restart=on-failure
 RestartSec=5
+# exit status 2 is a usage error (bad option or configuration): restarting cannot help
+RestartPreventExitStatus=2
 
 [Install]
 WantedBy=multi-user.target
