@@ -374,8 +374,8 @@ class IngestService:
         self._waiting.discard(key)
         latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
         if latest is not None and same_files(latest.manifest, manifest):
-            if latest.state in ("queued", "retrying"):
-                return  # already waiting
+            if latest.state == "queued" or (latest.state == "retrying" and not explicit):
+                return  # already waiting (a commit retries a retrying job at once)
             if latest.state in ("failed", "duplicate") and not explicit:
                 return  # unchanged since: wait for a fix or an explicit retry
         if not explicit:
@@ -778,6 +778,16 @@ class IngestService:
                 self._frozen.add(path)
         if finished:
             self.queue.mark_removed(finished)
+        for job in self.queue.in_state("duplicate"):  # rm mode: their copies go, like imports'
+            latest = self.queue.latest_for(job.key.root)
+            if latest is None or latest.id != job.id or not transfer.removes_source(job.transfer):
+                continue
+            current = self.staged.manifest(job.key)
+            if current and same_files(current, job.manifest):
+                self._lingering.update(current)
+                for path, (size, _) in current.items():
+                    until = job.updated + self.rules.linger
+                    self._recovered_lingers.append((job.key, path, size, until))
         for job in self.queue.in_state("failed", "incomplete", "retrying"):
             hidden = any(is_ignored_name(p) for p in job.key.root.split("/")[1:])
             if hidden or not (self.staging / job.key.root).exists():
