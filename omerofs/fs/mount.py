@@ -264,7 +264,7 @@ def _serve_ingest(
     try:
         service.recover()
         ensure_user_dirs(config, catalog)
-        ops = _ingest_operations(os.stat(config.managed_dir).st_uid)(
+        ops = _ingest_operations(_owner_uid(config.managed_dir))(
             service, config.staging_dir, catalog.is_member, readable_xattrs, passthrough
         )
 
@@ -323,6 +323,14 @@ def _ingest_operations(account_uid: int) -> type[IngestOperations]:
                 return None
 
     return GuardedStaging
+
+
+def _owner_uid(directory: Path) -> int:
+    """Who owns sealed originals (-1: unknown, e.g. a server's repository not mounted)."""
+    try:
+        return os.stat(directory).st_uid
+    except OSError:
+        return -1
 
 
 def _notifier_tasks(config: RepoConfig, catalog: Catalog) -> list:
