@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from omerofs.config import load_config
 from omerofs.daemon_lock import DaemonLock, holder, lock_path, running_daemons
 from omerofs.errors import AlreadyExists
-from tests.conftest import MountedView, needs_fuse, needs_root, run_cli, wait_for
+from tests.conftest import MountedView, as_user, needs_fuse, needs_root, run_cli, wait_for
 
 pytestmark = [needs_fuse, needs_root]
 
@@ -80,3 +81,19 @@ def test_lock_in_process(populated, world_dir) -> None:
             DaemonLock.acquire(config, "ingest", world_dir / "y")
     assert holder(lock_path(config, "ingest")) is None
     assert lock_path(config, "ingest").read_text() == ""  # describes no one any more
+
+
+def test_anyone_can_see_the_running_daemons(populated, mount_view) -> None:
+    """``omerofs status`` runs for every user: reading a lock needs only read access."""
+    first = mount_view(populated, "ingest", ("ingest", "--settle", "60"))
+    script = (
+        "from pathlib import Path; from omerofs.config import load_config; "
+        "from omerofs.daemon_lock import running_daemons; "
+        f"config = load_config(Path('{populated.config.root}')); "
+        "print([(d.role, d.pid) for d in running_daemons(config)])"
+    )
+    res = subprocess.run(
+        as_user(3002, [sys.executable, "-c", script]), capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str([("ingest", first.proc.pid)])
