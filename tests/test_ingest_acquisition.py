@@ -155,6 +155,7 @@ def test_writer_killed_at_half_is_held_not_imported(populated, ingest, src, worl
     wait_state(target, "incomplete")
     assert "4 of 8 planes present" in xattr(target, "error")
     report = target.parent / f"{kind}.tif.import-error.txt"
+    wait_for(report.exists, what="the report (written right after the queue row)")
     assert "4 of 8 planes present" in report.read_text()
     assert not filesets(populated)  # never imported as good
     assert target.stat().st_size == whole.stat().st_size // 2  # and never deleted
@@ -246,6 +247,7 @@ def test_full_managed_repository_is_retried_by_itself(world_dir, mount_view, src
         assert job.failure == "transient" and "No space left on device" in job.error
         assert job.next_try is not None and job.next_try >= job.updated
         report = repo.config.staging_dir / "alice/e.tif.import-error.txt"
+        wait_for(report.exists, what="the report (written right after the queue row)")
         assert "tries again by itself" in report.read_text()
         status = subprocess.run(
             [sys.executable, "-m", "omerofs.cli", "-r", str(repo.config.root), "status", "--json"],
