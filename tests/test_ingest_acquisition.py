@@ -84,6 +84,24 @@ def test_run_written_with_pauses_is_one_fileset_and_its_directory_stays(
     assert follow.entries[0].hash == sha1_file(late)
 
 
+def test_a_late_file_in_a_run_imported_in_place_is_a_follow_up(populated, ingest, src) -> None:
+    """Non-rm modes keep the run (read-only): a new file beside the imported ones is
+    allowed and becomes the follow-up; the imported files stay untouchable."""
+    first = make_tiff(src / "f0.tif", seed=30)
+    late = make_tiff(src / "f1.tif", seed=31)
+    mp = ingest("cp", settle=0.2, run_settle=0.3)
+    run = mp / "alice/P/D/run3"
+    sh("alice", f"mkdir -p {run} && cp {first} {run}/")
+    wait_state(run / "f0.tif", "imported")
+    assert sh("alice", f"echo x >> {run}/f0.tif", check=False).returncode != 0  # frozen
+    sh("alice", f"cp {late} {run}/")  # a new name in the imported run: fine
+    wait_for(lambda: len(filesets(populated)) == 2, timeout=30, what="the follow-up import")
+    follow = filesets(populated)[1]
+    assert [e.name for e in follow.entries] == ["f1.tif"]
+    assert "/run3.followup-1/" in "/" + follow.entries[0].repo_path
+    assert sha1_file(run / "f0.tif") == sha1_file(first)
+
+
 def test_file_reopened_to_append_after_its_import_is_not_pulled(populated, ingest, src) -> None:
     """A writer that comes back after the settle time finds its file (ln_rm): it appends
     to a copy of its own, the import it already had stays intact, and the grown file
