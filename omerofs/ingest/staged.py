@@ -30,6 +30,7 @@ from omerofs.ingest.settings import IngestRules
 # Directories that hold the parts of the file they are named after (Olympus FluoView):
 # arriving first, they wait for it instead of becoming a run fileset of their own.
 COMPANION_DIRS = (".oif.files",)
+CACHE_LIMIT = 100_000  # entries of the per-file caches below
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class StagedFilesets:
                     with contextlib.suppress(FileNotFoundError):
                         st = os.lstat(member)
                         manifest[rel] = (st.st_size, st.st_mtime_ns)
+                    if len(self.group_root) >= CACHE_LIMIT:
+                        self.group_root.clear()  # only for state(): recomputed at closes
                     self.group_root[rel] = canonical.root
                     member_key = fileset_of(rel)
                     if member_key is not None and member_key.is_dir:
@@ -126,6 +129,8 @@ class StagedFilesets:
         if group is not None:
             others = [os.path.relpath(f, path.parent) for f in group.files if f != path]
             parts = (*others, *group.missing)
+        if len(self._alone) >= CACHE_LIMIT:  # a cache: months of files must not pile up
+            self._alone.clear()
         self._alone[path] = (st.st_size, st.st_mtime_ns, parts)
         return parts
 
