@@ -133,6 +133,8 @@ def test_commit_only_waits_for_a_commit(populated, ingest, src) -> None:
     sh("alice", f"cp {b} {run}/")
     wait_state(run / "b.tif", "waiting")
     assert not filesets(populated)
+    (waiting,) = jobs(populated, "waiting")  # in the queue: omerofs status shows it
+    assert waiting.key.root == "alice/P/D/run5" and len(waiting.manifest) == 2
     sh("alice", f"touch {run}.done")
     wait_for(lambda: filesets(populated), timeout=30, what="the committed run")
     (fs,) = filesets(populated)

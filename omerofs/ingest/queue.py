@@ -7,7 +7,8 @@ at all; ``importing`` after a restart means "not committed, roll back and retry"
 the job was ``handed_off`` to a remote catalog (an OMERO server), which may finish it
 without us: then it is recorded if the catalog has it, and reported otherwise.
 
-Besides: ``incomplete`` (closed, but held back: a failed write, a truncated file, parts
+Besides: ``waiting`` (closed in a commit-only area, waiting for a commit), ``incomplete``
+(closed, but held back: a failed write, a truncated file, parts
 its main file names are missing; ``error`` says why), ``retrying`` (failed for a passing
 reason; ``next_try`` is when, ``failure`` = 'transient'), ``failed`` (``failure`` =
 'permanent'), ``gone`` (it failed or was held, then its files were removed: no longer a
@@ -75,8 +76,10 @@ STATES = (
     "retrying",
     "gone",
     "duplicate",
+    "waiting",
 )
-OPEN_STATES = ("queued", "failed", "incomplete", "retrying")  # a newer job replaces these
+# a newer job for the same fileset replaces these
+OPEN_STATES = ("queued", "failed", "incomplete", "retrying", "waiting")
 _SCHEMA = _SCHEMA.replace("{states}", ",".join(f"'{s}'" for s in STATES))
 _COLUMNS = (
     "id, root, user, grp, project, dataset, is_dir, transfer, state, manifest, bytes_total, "
@@ -126,7 +129,7 @@ class JobQueue:
         (sql,) = self._db.execute(
             "SELECT sql FROM sqlite_master WHERE type='table' AND name='ingest_jobs'"
         ).fetchone()
-        if "'duplicate'" not in sql:
+        if "'waiting'" not in sql:
             with self._lock:
                 self._db.execute("PRAGMA foreign_keys=OFF")
                 try:
@@ -144,7 +147,7 @@ class JobQueue:
         (sql,) = db.execute(
             "SELECT sql FROM sqlite_master WHERE type='table' AND name='ingest_jobs'"
         ).fetchone()
-        if "'duplicate'" in sql:
+        if "'waiting'" in sql:
             return  # another process upgraded it meanwhile
         columns = [row[1] for row in db.execute("PRAGMA table_info(ingest_jobs)")]
         jobs_sql = _SCHEMA.split("CREATE TABLE IF NOT EXISTS ingest_files")[0]
@@ -171,6 +174,10 @@ class JobQueue:
 
     def enqueue(self, key: FilesetKey, transfer: str, manifest: Manifest) -> Job:
         return self._insert(key, transfer, manifest, "queued")
+
+    def wait_for_commit(self, key: FilesetKey, transfer: str, manifest: Manifest) -> Job:
+        """Closed in a commit-only area: shown (``omerofs status``) until committed."""
+        return self._insert(key, transfer, manifest, "waiting", error="waiting for a commit")
 
     def hold(self, key: FilesetKey, transfer: str, manifest: Manifest, reason: str) -> Job:
         """Closed but not imported, not deleted: ``reason`` says what is wrong or missing."""

@@ -366,18 +366,22 @@ class IngestService:
             self._settle_again(key)
             return
         explicit = explicit or await trio.to_thread.run_sync(self.staged.has_marker, key)
-        if not explicit and await trio.to_thread.run_sync(self.staged.commit_only, key, self.rules):
-            if key not in self._waiting:
-                log.info("%s closed; waiting for a commit (commit-only)", key.root)
-            self._waiting.add(key)
-            return
-        self._waiting.discard(key)
         latest = await trio.to_thread.run_sync(self.queue.latest_for, key.root)
-        if latest is not None and same_files(latest.manifest, manifest):
+        unchanged = latest is not None and same_files(latest.manifest, manifest)
+        if unchanged and latest is not None:
             if latest.state == "queued" or (latest.state == "retrying" and not explicit):
                 return  # already waiting (a commit retries a retrying job at once)
             if latest.state in ("failed", "duplicate") and not explicit:
                 return  # unchanged since: wait for a fix or an explicit retry
+        if not explicit and await trio.to_thread.run_sync(self.staged.commit_only, key, self.rules):
+            if not (unchanged and latest is not None and latest.state == "waiting"):
+                await trio.to_thread.run_sync(
+                    self.queue.wait_for_commit, key, self.transfer, manifest
+                )
+                log.info("%s closed; waiting for a commit (commit-only)", key.root)
+            self._waiting.add(key)
+            return
+        self._waiting.discard(key)
         if not explicit:
             reason = await trio.to_thread.run_sync(self.staged.hold_reason, closing)
             if reason is not None:
