@@ -11,6 +11,7 @@ from omerofs.catalog.local import LocalCatalog
 from omerofs.catalog.protocol import Catalog
 from omerofs.config import RepoConfig
 from omerofs.ingest.importer import Importer
+from omerofs.policy import parse_groups
 
 
 @dataclass
@@ -27,7 +28,11 @@ class Backend:
 
 def open_backend(config: RepoConfig) -> Backend:
     if config.omero is None:
-        catalog = LocalCatalog(config.catalog_path)
+        catalog = LocalCatalog(
+            config.catalog_path,
+            binary_access=config.binary_access,
+            binary_access_groups=parse_groups(config.binary_access_groups),
+        )
         return Backend(config, catalog, Importer(config, catalog), [catalog.close])
     # omero-py is only needed (and only imported) when the repository uses a server
     from omerofs.catalog.omero.cache import CatalogCache

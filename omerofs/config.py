@@ -20,6 +20,7 @@ from omerofs.catalog.omero.settings import OmeroSettings
 from omerofs.errors import AlreadyExists, NotFound, UsageError
 from omerofs.ingest.settings import IngestRules
 from omerofs.ingest.transfer import MODES as TRANSFER_MODES
+from omerofs.policy import OMERO_DEFAULT, check_tokens, parse_groups
 from omerofs.schema import Key, Section, render_markdown, render_toml, validate
 from omerofs.template import DEFAULT_TEMPLATE, validate_template
 
@@ -162,6 +163,25 @@ SCHEMA: tuple[Section, ...] = (
                 "Kernel passthrough (Linux >= 6.9, daemon as root): reads of opened\n"
                 "originals go from the kernel straight to ManagedRepository, at native speed.",
             ),
+            Key(
+                "binary_access",
+                str,
+                OMERO_DEFAULT,
+                "Who may read originals through the view, as OMERO's\n"
+                "omero.policy.binary_access (docs/view.md): +read/-read (-read: only who\n"
+                "may edit the data), +write/-write (-write: nobody), +image, +plate (without\n"
+                "+plate a plate's files are listed but not readable, as OMERO's default).\n"
+                "Embedded backend; with an OMERO backend the server's own setting applies.",
+                check=check_tokens,
+            ),
+            Key(
+                "binary_access_groups",
+                str,
+                "",
+                'Per-group additions, as OMERO\'s group config: "GROUP: TOKENS; GROUP: TOKENS"\n'
+                '(e.g. "screening: +plate; clinic: -read"); a "-" anywhere wins.',
+                check=parse_groups,
+            ),
         ),
     ),
     Section(
@@ -218,6 +238,8 @@ class RepoConfig:
     view_passthrough: bool = True
     ingest_passthrough: bool = True
     notify: dict[str, Any] | None = None  # [notify], parsed by omerofs/notify/settings.py
+    binary_access: str = OMERO_DEFAULT  # [view], omerofs/policy.py
+    binary_access_groups: str = ""
     ingest_rules: IngestRules = IngestRules()  # the other [ingest] keys: ingest/settings.py
 
     @property
@@ -318,6 +340,8 @@ def load_config(root: Path) -> RepoConfig:
         ingest_xattrs=ingest["xattrs"],
         ingest_staging=Path(ingest["staging"]) if ingest["staging"] else None,
         view_passthrough=view["passthrough"],
+        binary_access=view["binary_access"],
+        binary_access_groups=view["binary_access_groups"],
         ingest_passthrough=ingest["passthrough"],
         ingest_rules=IngestRules.parse(ingest, path),
         notify=data["notify"] or None,

@@ -67,3 +67,69 @@ def download_allowed(access: BinaryAccess, *, name: str, can_edit: bool, in_plat
     if access.denies("image"):
         return False
     return not (in_plate and access.denies("plate"))
+
+
+@dataclass(frozen=True)
+class BinaryAccessPolicy:
+    """The server-wide tokens and each group's own (what a catalog reads, and what the
+    view holds with its snapshot): ``for_group`` gives the ``BinaryAccess`` of one group."""
+
+    server: frozenset[str] = parse(OMERO_DEFAULT)
+    groups: tuple[tuple[int, frozenset[str]], ...] = ()  # (group id, tokens), sorted
+
+    @classmethod
+    def of(cls, server: frozenset[str], groups: dict[int, frozenset[str]]) -> BinaryAccessPolicy:
+        return cls(server, tuple(sorted((g, t) for g, t in groups.items() if t)))
+
+    def for_group(self, group_id: int) -> BinaryAccess:
+        return BinaryAccess(self.server, dict(self.groups).get(group_id, frozenset()))
+
+
+def check_tokens(text: str) -> None:
+    """``+read,-plate``: each item a ``+`` or ``-`` and one of OMERO's tokens."""
+    from omerofs.errors import UsageError
+
+    for token in parse(text):
+        if token[:1] not in "+-" or len(token) < 2 or token[1:] not in TOKENS:
+            raise UsageError(
+                f"{token!r} is not a policy token (+ or - and one of {', '.join(TOKENS)})"
+            )
+
+
+TOKENS = ("read", "write", "image", "plate")
+
+
+def parse_groups(text: str | None) -> dict[str, frozenset[str]]:
+    """``"screening: -read, +plate; public: +plate"`` -> tokens by group name. The last
+    ``:`` of an item ends the name (tokens never hold one)."""
+    from omerofs.errors import UsageError
+
+    found: dict[str, frozenset[str]] = {}
+    for item in (text or "").split(";"):
+        if not item.strip():
+            continue
+        name, colon, tokens = item.rpartition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"{item.strip()!r} is not GROUP: TOKENS")
+        check_tokens(tokens)
+        found[name.strip()] = found.get(name.strip(), frozenset()) | parse(tokens)
+    return found
+
+
+def file_readable(
+    policy: BinaryAccessPolicy,
+    *,
+    name: str,
+    can_edit: bool,
+    group_id: int,
+    in_plate: bool,
+    has_images: bool = True,
+) -> bool:
+    """May an original named ``name`` be read by someone (``can_edit`` or not)? Files of
+    a fileset without images are not OMERO's concern here (``isRestricted`` asks only
+    about those with images)."""
+    if not has_images:
+        return True
+    return download_allowed(
+        policy.for_group(group_id), name=name, can_edit=can_edit, in_plate=in_plate
+    )

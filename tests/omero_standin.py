@@ -241,7 +241,7 @@ class Server:
             ]  # fmt: skip
         if hql.startswith("select i.fileset.id, count(i.id)"):
             return [[rlong(self.fileset_id), rlong(self.images)]]
-        if "DatasetImageLink" in hql or "FilesetAnnotationLink" in hql:
+        if "DatasetImageLink" in hql or "FilesetAnnotationLink" in hql or "WellSample" in hql:
             return []
         raise AssertionError(f"unexpected query: {hql}")
 

@@ -202,7 +202,7 @@ def test_target_parse(text, parsed) -> None:
         "Dataset:D",
         "Project:name:P",
         "Dataset:name:D/Project:name:P",
-        "Screen:name:S",
+        "Screen:name:S/Dataset:name:D",  # a Screen stands alone (tests/test_plates.py)
         "Dataset:name:+D",
         "A/B/C",
     ],

@@ -362,6 +362,12 @@ class EventLogServer:
     def getQueryService(self):
         return self
 
+    def getConfigService(self):  # omero.policy.binary_access: not set (OMERO's default)
+        return self
+
+    def getConfigValue(self, key: str) -> None:
+        return None
+
     def projection(self, hql: str, params, ctx):
         p = {k: unwrap(v) for k, v in params.map.items()}
         if "from EventLog el" in hql:

@@ -27,7 +27,9 @@ from omerofs.catalog.protocol import (
     ImageInfo,
     ImportRecord,
     Membership,
+    PlateInfo,
     Snapshot,
+    WellSample,
 )
 from omerofs.catalog.rows import BadRows, clean_snapshot
 from omerofs.catalog.sqlite import Database
@@ -40,6 +42,7 @@ from omerofs.errors import (
     UsageError,
 )
 from omerofs.identity import PermissionLevel, check_posix_id
+from omerofs.policy import OMERO_DEFAULT, BinaryAccess, BinaryAccessPolicy, parse
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +144,43 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS filesets_owner ON filesets(owner_id);
 CREATE INDEX IF NOT EXISTS filesets_group ON filesets(group_id);
 """
+# Tables added after schema 1 shipped (plates and screens, issue #11): created on a
+# writable open of an older catalog; a read-only open of one shows no plates.
+_TABLES = """
+CREATE TABLE IF NOT EXISTS screens (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner_id INTEGER NOT NULL REFERENCES experimenters(id),
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plates (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner_id INTEGER NOT NULL REFERENCES experimenters(id),
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    created REAL NOT NULL,
+    rows INTEGER NOT NULL, columns INTEGER NOT NULL, fields INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS screen_plate (
+    screen_id INTEGER NOT NULL REFERENCES screens(id),
+    plate_id INTEGER NOT NULL REFERENCES plates(id),
+    PRIMARY KEY (screen_id, plate_id)
+);
+"""
 # Columns added after schema 1 shipped: added on a writable open of an older catalog.
-_COLUMNS = {("experimenters", "email"): "TEXT"}
+_COLUMNS = {
+    ("experimenters", "email"): "TEXT",
+    ("filesets", "plate_id"): "INTEGER REFERENCES plates(id)",  # the fileset is this plate
+    # an image of a plate: its well (row, column from 0) and field (a WellSample)
+    ("images", "well_row"): "INTEGER",
+    ("images", "well_column"): "INTEGER",
+    ("images", "well_field"): "INTEGER",
+    # physical pixel sizes in micrometres, where the file gives them
+    ("images", "physical_x"): "REAL",
+    ("images", "physical_y"): "REAL",
+    ("images", "physical_z"): "REAL",
+}
 _EXPERIMENTER_COLUMNS = "id, name, uid, admin, default_group_id"
 
 
@@ -165,10 +203,22 @@ def check_email(email: str | None) -> str | None:
 class LocalCatalog:
     """SQLite-backed catalog; safe to share between threads (one lock, one connection)."""
 
-    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        create: bool = False,
+        readonly: bool = False,
+        binary_access: str = OMERO_DEFAULT,
+        binary_access_groups: dict[str, frozenset[str]] | None = None,
+    ) -> None:
         """``readonly``: for commands that only look (anyone who may read the file can run
-        them); every write then fails before it starts."""
+        them); every write then fails before it starts. ``binary_access`` and
+        ``binary_access_groups`` (by group name): the download policy, ``[view]
+        binary_access`` and ``binary_access_groups`` in omerofs.toml."""
         self.path = Path(path)
+        self._policy_server = parse(binary_access)
+        self._policy_groups = dict(binary_access_groups or {})
         if not create and not self.path.exists():
             raise NotFound(f"catalog {self.path} does not exist")
         self._store = Database(self.path, "the catalog", readonly=readonly and not create)
@@ -186,14 +236,33 @@ class LocalCatalog:
                     raise UsageError(f"catalog {self.path} has an unsupported schema")
             if not self._store.readonly:
                 self._db.executescript(_INDEXES)
+                self._add_tables()
                 self._add_columns()
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(experimenters)")}
             self._exp_columns = _EXPERIMENTER_COLUMNS + (
                 ", email" if "email" in columns else ", NULL"
             )
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            self._plates = "plates" in tables  # an older catalog opened read-only: none
+            fs_columns = {r[1] for r in self._db.execute("PRAGMA table_info(filesets)")}
+            self._fs_plate = "f.plate_id" if "plate_id" in fs_columns else "NULL"
+            image_columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+            self._image_physical = (
+                "physical_x, physical_y, physical_z"
+                if "physical_x" in image_columns
+                else "NULL, NULL, NULL"
+            )
         except sqlite3.Error as exc:
             self._store.close()
             raise CatalogUnavailable(f"cannot open catalog {self.path}: {exc}") from None
+
+    def _add_tables(self) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        if not {"screens", "plates", "screen_plate"} <= tables:
+            with self._transaction() as db:
+                for statement in _TABLES.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
 
     def _add_columns(self) -> None:
         for (table, column), kind in _COLUMNS.items():
@@ -221,6 +290,7 @@ class LocalCatalog:
             self._db.executescript(
                 "BEGIN IMMEDIATE;"
                 + _SCHEMA
+                + _TABLES
                 + f"INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}');"
                 + f"INSERT INTO groups VALUES ({SYSTEM_GROUP_ID}, 'system', 'private', 0);"
                 + "INSERT INTO experimenters (id, name, uid, admin, default_group_id) "
@@ -376,14 +446,14 @@ class LocalCatalog:
                 heir = self._experimenter_id(db, move_to)
                 if heir == user_id:
                     raise UsageError("--move-to names the user being removed")
-                groups = {g for (g,) in db.execute(_OWNED_GROUPS, (user_id,) * 3)}
+                groups = {g for (g,) in db.execute(_OWNED_GROUPS, (user_id,) * len(_OWNED_TABLES))}
                 missing = [g for g in sorted(groups) if not self._is_member(db, g, heir)]
                 if missing:
                     names = ", ".join(self._group_name(db, g) for g in missing)
                     raise AccessDenied(
                         f"{move_to!r} is not a member of {names}, where {name!r} owns data"
                     )
-                for table in ("filesets", "projects", "datasets"):
+                for table in _OWNED_TABLES:
                     db.execute(f"UPDATE {table} SET owner_id=? WHERE owner_id=?", (heir, user_id))
                 for fileset_id in owned["filesets"]:
                     self._event(db, "Fileset", fileset_id, "UPDATE")
@@ -431,12 +501,12 @@ class LocalCatalog:
                 target = self._group_id(db, move_to)
                 if target == group_id:
                     raise UsageError("--move-to names the group being removed")
-                owners = {o for (o,) in db.execute(_GROUP_OWNERS, (group_id,) * 3)}
+                owners = {o for (o,) in db.execute(_GROUP_OWNERS, (group_id,) * len(_OWNED_TABLES))}
                 missing = [o for o in sorted(owners) if not self._is_member(db, target, o)]
                 if missing:
                     names = ", ".join(self._user_name(db, o) for o in missing)
                     raise AccessDenied(f"{names} must first be members of {move_to!r}")
-                for table in ("filesets", "projects", "datasets"):
+                for table in _OWNED_TABLES:
                     db.execute(
                         f"UPDATE {table} SET group_id=? WHERE group_id=?", (target, group_id)
                     )
@@ -500,7 +570,7 @@ class LocalCatalog:
     def _owned(db: sqlite3.Connection, column: str, value: int) -> dict[str, list]:
         return {
             table: [i for (i,) in db.execute(f"SELECT id FROM {table} WHERE {column}=?", (value,))]
-            for table in ("filesets", "projects", "datasets")
+            for table in _OWNED_TABLES
         }
 
     @staticmethod
@@ -634,7 +704,27 @@ class LocalCatalog:
         snap.project_dataset = list(
             db.execute("SELECT project_id, dataset_id FROM project_dataset")
         )
+        if self._plates:
+            for row in db.execute("SELECT id, name, owner_id, group_id FROM screens"):
+                snap.screens[row[0]] = Container(*row)
+            for row in db.execute("SELECT id, name, owner_id, group_id FROM plates"):
+                snap.plates[row[0]] = Container(*row)
+            snap.screen_plate = list(db.execute("SELECT screen_id, plate_id FROM screen_plate"))
+        snap.binary_access = self._policy_of(
+            {g.name: g.id for g in snap.groups.values()}
+        )
         return clean_snapshot(snap, self.bad_rows)
+
+    def _policy_of(self, group_ids: dict[str, int]) -> BinaryAccessPolicy:
+        for name in self._policy_groups:
+            if name not in group_ids:
+                self.bad_rows.skip(
+                    f"[view] binary_access_groups entry {name!r}", "no such group (ignored)"
+                )
+        return BinaryAccessPolicy.of(
+            self._policy_server,
+            {group_ids[n]: t for n, t in self._policy_groups.items() if n in group_ids},
+        )
 
     def _keep(self, into: dict, row: tuple, make: Callable[[tuple], Any], kind: str) -> None:
         try:
@@ -642,8 +732,7 @@ class LocalCatalog:
         except (OmerofsError, TypeError, ValueError) as exc:
             self.bad_rows.skip(f"{kind} row {row!r}", str(exc))
 
-    @staticmethod
-    def _read_filesets(db: sqlite3.Connection, where: str, params: tuple) -> list[Fileset]:
+    def _read_filesets(self, db: sqlite3.Connection, where: str, params: tuple) -> list[Fileset]:
         entries: dict[int, list[FilesetEntry]] = defaultdict(list)
         for row in db.execute(
             "SELECT e.fileset_id, e.idx, e.client_path, e.path, e.name, e.size, e.hash, "
@@ -686,8 +775,13 @@ class LocalCatalog:
                 entries=tuple(entries[row[0]]),
                 dataset_ids=tuple(sorted(datasets[row[0]])),
                 image_count=images[row[0]],
+                plate_id=row[6],
             )
-            for row in db.execute(f"SELECT * FROM filesets f {where} ORDER BY f.id", params)
+            for row in db.execute(
+                "SELECT f.id, f.owner_id, f.group_id, f.template_prefix, f.transfer, f.created, "
+                f"{self._fs_plate} FROM filesets f {where} ORDER BY f.id",
+                params,
+            )
         ]
 
     def fileset(self, fileset_id: int) -> Fileset:
@@ -732,11 +826,52 @@ class LocalCatalog:
 
     def images_of(self, fileset_id: int) -> list[ImageInfo]:
         rows = self._query(
-            "SELECT series, name, size_x, size_y, size_z, size_c, size_t, pixel_type "
-            "FROM images WHERE fileset_id=? ORDER BY series",
+            "SELECT series, name, size_x, size_y, size_z, size_c, size_t, pixel_type, "
+            f"{self._image_physical} FROM images WHERE fileset_id=? ORDER BY series",
             (fileset_id,),
         )
         return [ImageInfo(*row) for row in rows]
+
+    def plate_of(self, fileset_id: int) -> tuple[Container, PlateInfo, list[str]] | None:
+        """The plate a fileset is (its record, its geometry with where each image lies,
+        and the screens it is in), or None."""
+        if not self._plates or self._fs_plate == "NULL":
+            return None
+        with self._read() as db:
+            row = db.execute(
+                "SELECT p.id, p.name, p.owner_id, p.group_id, p.rows, p.columns, p.fields "
+                "FROM filesets f JOIN plates p ON p.id=f.plate_id WHERE f.id=?",
+                (fileset_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            wells = tuple(
+                WellSample(*w)
+                for w in db.execute(
+                    "SELECT series, well_row, well_column, well_field FROM images "
+                    "WHERE fileset_id=? AND well_row IS NOT NULL ORDER BY series",
+                    (fileset_id,),
+                )
+            )
+            screens = [
+                name
+                for (name,) in db.execute(
+                    "SELECT s.name FROM screen_plate sp JOIN screens s ON s.id=sp.screen_id "
+                    "WHERE sp.plate_id=? ORDER BY s.id",
+                    (row[0],),
+                )
+            ]
+        return (
+            Container(*row[:4]),
+            PlateInfo(row[1], row[4], row[5], row[6], wells),
+            screens,
+        )
+
+    def binary_access(self, group_id: int) -> BinaryAccess:
+        """``omero.policy.binary_access`` for a group's data, from ``[view]`` in
+        omerofs.toml (the same rule as OMERO's: ``omerofs.policy``)."""
+        names = {name: gid for gid, name in self._query("SELECT id, name FROM groups")}
+        return self._policy_of(names).for_group(group_id)
 
     def last_event_id(self) -> int:
         return int(self._query("SELECT coalesce(max(id), 0) FROM events")[0][0])
@@ -762,15 +897,24 @@ class LocalCatalog:
             dataset_id = None
             if record.dataset_name is not None:
                 dataset_id = self._resolve_target(db, record)
+            plate_id = None
+            if record.plate is not None:
+                plate_id = self._create_plate(db, record)
+            elif record.screen_name is not None:
+                raise UsageError(
+                    "a Screen target takes plates only, and this fileset is no plate "
+                    "(use a Dataset target, or none)"
+                )
             cur = db.execute(
-                "INSERT INTO filesets (owner_id, group_id, template_prefix, transfer, created) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO filesets (owner_id, group_id, template_prefix, transfer, created, "
+                "plate_id) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     record.owner_id,
                     record.group_id,
                     record.template_prefix,
                     record.transfer,
                     record.created,
+                    plate_id,
                 ),
             )
             fileset_id = int(cur.lastrowid)
@@ -781,10 +925,14 @@ class LocalCatalog:
                     for i, f in enumerate(record.files)
                 ],
             )
+            wells = {w.series: w for w in record.plate.wells} if record.plate else {}
             for img in record.images:
+                well = wells.get(img.series)
                 cur = db.execute(
                     "INSERT INTO images (fileset_id, series, name, size_x, size_y, size_z, "
-                    "size_c, size_t, pixel_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "size_c, size_t, pixel_type, well_row, well_column, well_field, "
+                    "physical_x, physical_y, physical_z) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         fileset_id,
                         img.series,
@@ -795,6 +943,12 @@ class LocalCatalog:
                         img.size_c,
                         img.size_t,
                         img.pixel_type,
+                        well.row if well else None,
+                        well.column if well else None,
+                        well.field if well else None,
+                        img.physical_x,
+                        img.physical_y,
+                        img.physical_z,
                     ),
                 )
                 if dataset_id is not None:
@@ -805,6 +959,38 @@ class LocalCatalog:
             if on_commit is not None:
                 on_commit(db, fileset_id)
             return self._read_filesets(db, "WHERE f.id=?", (fileset_id,))[0]
+
+    def _create_plate(self, db: sqlite3.Connection, record: ImportRecord) -> int:
+        """A new Plate for the imported fileset (OMERO makes one per plate import), linked
+        to the newest Screen of that name of the user in the group, created when missing
+        (``-T Screen:name:S``, as ``ModelImportTarget``). The link travels with the Plate
+        event: a view learns both from one snapshot."""
+        plate = record.plate
+        assert plate is not None
+        now = time.time()
+        owner, group = record.owner_id, record.group_id
+        cur = db.execute(
+            "INSERT INTO plates (name, owner_id, group_id, created, rows, columns, fields) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (plate.name, owner, group, now, plate.rows, plate.columns, plate.fields),
+        )
+        plate_id = int(cur.lastrowid)
+        if record.screen_name is not None:
+            row = db.execute(
+                "SELECT id FROM screens WHERE name=? AND owner_id=? AND group_id=? "
+                "ORDER BY id DESC LIMIT 1",
+                (record.screen_name, owner, group),
+            ).fetchone()
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO screens (name, owner_id, group_id, created) VALUES (?, ?, ?, ?)",
+                    (record.screen_name, owner, group, now),
+                )
+                row = (int(cur.lastrowid),)
+                self._event(db, "Screen", row[0], "INSERT")
+            db.execute("INSERT INTO screen_plate VALUES (?, ?)", (row[0], plate_id))
+        self._event(db, "Plate", plate_id, "INSERT")
+        return plate_id
 
     def _resolve_target(self, db: sqlite3.Connection, record: ImportRecord) -> int:
         """Find the newest matching Project/Dataset of the user in the group, or create it
@@ -850,14 +1036,10 @@ class LocalCatalog:
         return dataset_id
 
 
-_OWNED_GROUPS = (
-    "SELECT group_id FROM filesets WHERE owner_id=? UNION SELECT group_id FROM projects "
-    "WHERE owner_id=? UNION SELECT group_id FROM datasets WHERE owner_id=?"
-)
-_GROUP_OWNERS = (
-    "SELECT owner_id FROM filesets WHERE group_id=? UNION SELECT owner_id FROM projects "
-    "WHERE group_id=? UNION SELECT owner_id FROM datasets WHERE group_id=?"
-)
+# what a user owns and a group holds (a writable open has created every one of them)
+_OWNED_TABLES = ("filesets", "projects", "datasets", "screens", "plates")
+_OWNED_GROUPS = " UNION ".join(f"SELECT group_id FROM {t} WHERE owner_id=?" for t in _OWNED_TABLES)
+_GROUP_OWNERS = " UNION ".join(f"SELECT owner_id FROM {t} WHERE group_id=?" for t in _OWNED_TABLES)
 
 
 def _describe(owned: dict[str, list]) -> str:
@@ -869,8 +1051,8 @@ def _describe(owned: dict[str, list]) -> str:
             f" and {len(ids) - 20} more" if len(ids) > 20 else ""
         )
         parts.append(f"fileset{'s' if len(ids) > 1 else ''} {shown}")
-    for kind in ("projects", "datasets"):
-        if n := len(owned[kind]):
+    for kind in ("projects", "datasets", "screens", "plates"):
+        if n := len(owned.get(kind, ())):
             parts.append(f"{n} {kind if n > 1 else kind[:-1]}")
     return "; ".join(parts)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from omerofs.identity import PermissionLevel
+from omerofs.policy import BinaryAccess, BinaryAccessPolicy
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,28 @@ class Container:
     group_id: int
 
 
+@dataclass(frozen=True)
+class WellSample:
+    """Where one Image of a plate lies: its well (row, column, from 0) and field."""
+
+    series: int
+    row: int
+    column: int
+    field: int = 0
+
+
+@dataclass(frozen=True)
+class PlateInfo:
+    """A plate as its file describes it (formats.is_plate): OMERO makes a Plate of it,
+    with one Well per position and one WellSample (an Image) per field."""
+
+    name: str
+    rows: int
+    columns: int
+    fields: int
+    wells: tuple[WellSample, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)  # slots: a view may hold millions
 class FilesetEntry:
     """One OriginalFile of a fileset; on disk at ``ManagedRepository/path/name``."""
@@ -76,6 +99,7 @@ class Fileset:
     entries: tuple[FilesetEntry, ...]
     dataset_ids: tuple[int, ...] = ()
     image_count: int = 0
+    plate_id: int | None = None  # its images are the fields of this plate's wells
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,11 @@ class Snapshot:
     datasets: dict[int, Container] = field(default_factory=dict)
     project_dataset: list[tuple[int, int]] = field(default_factory=list)
     filesets: dict[int, Fileset] = field(default_factory=dict)
+    screens: dict[int, Container] = field(default_factory=dict)
+    plates: dict[int, Container] = field(default_factory=dict)
+    screen_plate: list[tuple[int, int]] = field(default_factory=list)
+    # omero.policy.binary_access as it applies to each group (read with the people)
+    binary_access: BinaryAccessPolicy = field(default_factory=BinaryAccessPolicy)
 
 
 @dataclass
@@ -134,7 +163,7 @@ class ImageInfo:
     size_c: int
     size_t: int
     pixel_type: str
-    # physical pixel sizes in micrometres, where the file gives them (not yet in the catalog)
+    # physical pixel sizes in micrometres, where the file gives them
     physical_x: float | None = None
     physical_y: float | None = None
     physical_z: float | None = None
@@ -153,6 +182,8 @@ class ImportRecord:
     images: tuple[ImageInfo, ...]
     project_name: str | None = None
     dataset_name: str | None = None
+    screen_name: str | None = None  # only with ``plate``
+    plate: PlateInfo | None = None  # the fileset is a plate: its images are its fields
 
 
 class Catalog(Protocol):
@@ -188,5 +219,8 @@ class Catalog(Protocol):
     def is_member(self, user: str, group: str) -> bool: ...
 
     def fileset_by_prefix(self, prefix: str) -> Fileset | None: ...
+
+    # OMERO's download policy for one group's data (omerofs.policy)
+    def binary_access(self, group_id: int) -> BinaryAccess: ...
 
     def close(self) -> None: ...

@@ -134,7 +134,13 @@ def clean_snapshot(snap: Snapshot, bad: BadRows) -> Snapshot:
         for m in snap.memberships
         if m.group_id in snap.groups and m.experimenter_id in snap.experimenters
     ]
-    for table, kind in ((snap.projects, "project"), (snap.datasets, "dataset")):
+    tables = (
+        (snap.projects, "project"),
+        (snap.datasets, "dataset"),
+        (snap.screens, "screen"),
+        (snap.plates, "plate"),
+    )
+    for table, kind in tables:
         for cid, container in list(table.items()):
             problem = container_problem(container)
             if problem is None and container.group_id not in snap.groups:
@@ -144,5 +150,8 @@ def clean_snapshot(snap: Snapshot, bad: BadRows) -> Snapshot:
                 del table[cid]
     snap.project_dataset = [
         (p, d) for p, d in snap.project_dataset if p in snap.projects and d in snap.datasets
+    ]
+    snap.screen_plate = [
+        (s, p) for s, p in snap.screen_plate if s in snap.screens and p in snap.plates
     ]
     return snap

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omerofs.catalog.protocol import ImageInfo
+from omerofs.catalog.protocol import ImageInfo, PlateInfo
 from omerofs.errors import DamagedFile, OmerofsError, UnknownFormat
 from omerofs.formats import (
     companion,
@@ -31,6 +31,7 @@ __all__ = [
     "completeness",
     "format_for",
     "group_files",
+    "is_plate",
     "looks_like_image",
     "mimetype",
     "read_images",
@@ -93,6 +94,24 @@ def read_images(path: Path) -> list[ImageInfo]:
         raise
     except Exception as exc:  # a reader library's surprise: still one line, never a traceback
         raise DamagedFile(f"{path.name}: unreadable ({one_line(exc)})") from None
+
+
+def is_plate(path: Path) -> PlateInfo | None:
+    """The plate (name, rows, columns, fields, and where each Image lies) when the
+    fileset whose main file is ``path`` is one, as OMERO would import it into a Plate;
+    None otherwise. Known: OME-Zarr HCS plates. MetaXpress/ImageXpress HTD sets and
+    multi-well CZI are not read yet (docs/formats.md): their Images import as a
+    plain fileset."""
+    path = Path(path)
+    root = zarr.root_of(path)
+    if root is None:
+        return None
+    try:
+        return zarr.plate(root)
+    except OmerofsError:
+        raise
+    except Exception as exc:
+        raise DamagedFile(f"{root.name}: unreadable ({one_line(exc)})") from None
 
 
 def completeness(path: Path) -> str | None:

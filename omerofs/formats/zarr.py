@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from omerofs.catalog.protocol import ImageInfo
+from omerofs.catalog.protocol import ImageInfo, PlateInfo, WellSample
 from omerofs.formats.base import Series, damaged, images, micrometres, one_line
 
 _DTYPES = {
@@ -70,6 +70,40 @@ def read(path: Path) -> list[ImageInfo]:
     if not series:
         raise damaged(root, "no multiscales image in the Zarr hierarchy")
     return images(root.name, series)
+
+
+def plate(path: Path) -> PlateInfo | None:
+    """The HCS plate an OME-Zarr holds (NGFF ``plate`` metadata), or None. Its wells'
+    fields are the Images ``read`` gives, in the same order (wells as listed, then each
+    well's ``images``), so WellSample ``series`` numbers match them."""
+    root = root_of(path) or path
+    try:
+        attrs = _attrs(root)
+        if "plate" not in attrs or "multiscales" in attrs:
+            return None
+        meta = attrs["plate"]
+        rows = [r["name"] for r in meta.get("rows", [])]
+        columns = [c["name"] for c in meta.get("columns", [])]
+        samples = []
+        for well in meta.get("wells", []):
+            row, column = _well_position(well, rows, columns)
+            fields = _attrs(root / well["path"]).get("well", {}).get("images", [])
+            for index in range(len(fields)):
+                samples.append(WellSample(len(samples), row, column, index))
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise damaged(root, one_line(exc)) from None
+    fields = max((s.field + 1 for s in samples), default=0)
+    name = meta.get("name") or root.name
+    return PlateInfo(str(name), len(rows), len(columns), int(meta.get("field_count", fields)),
+                     tuple(samples))  # fmt: skip
+
+
+def _well_position(well: dict[str, Any], rows: list[str], columns: list[str]) -> tuple[int, int]:
+    """NGFF 0.4 gives ``rowIndex``/``columnIndex``; 0.3 only the path ``A/1``."""
+    if "rowIndex" in well and "columnIndex" in well:
+        return int(well["rowIndex"]), int(well["columnIndex"])
+    row, column = str(well["path"]).split("/")[:2]
+    return rows.index(row), columns.index(column)
 
 
 def _attrs(group: Path) -> dict[str, Any]:

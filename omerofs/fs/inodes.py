@@ -29,6 +29,7 @@ from omerofs.errors import NotFound
 ROOT_INODE = pyfuse3.ROOT_INODE
 DIR_MODE = stat.S_IFDIR | 0o555
 FILE_MODE = stat.S_IFREG | 0o444
+DENIED_MODE = stat.S_IFREG  # an original the download policy forbids: no one may open it
 
 
 class Node:
@@ -180,9 +181,17 @@ class InodeTable:
                 yield from self.traverse(child)
 
     def add_file(
-        self, parent: Node, name: str, source: str, size: int, uid: int, gid: int, mtime: int
+        self,
+        parent: Node,
+        name: str,
+        source: str,
+        size: int,
+        uid: int,
+        gid: int,
+        mtime: int,
+        mode: int = FILE_MODE,
     ) -> Node:
-        node = self.add(parent, name, uid, gid, FILE_MODE, mtime)
+        node = self.add(parent, name, uid, gid, mode, mtime)
         node.source = source
         node.size = size
         return node

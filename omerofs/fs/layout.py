@@ -3,20 +3,29 @@
     <user>/ManagedRepository/<templatePrefix>/<files>        OMERO's own paths
     <user>/Groups/<group>/Projects/<project>/<dataset>/<fileset>
     <user>/Groups/<group>/Datasets/<dataset>/<fileset>          datasets in no project
-    <user>/Groups/<group>/Orphans/<fileset>                     filesets in no dataset
+    <user>/Groups/<group>/Screens/<screen>/<plate>/<fileset>    a plate and its fileset
+    <user>/Groups/<group>/Plates/<plate>/<fileset>              plates in no screen
+    <user>/Groups/<group>/Orphans/<fileset>                     filesets in neither
 
 A fileset shows up in the named tree as its top-level name (the file itself, or its
 directory). Names are claimed in id order, so they are deterministic: the oldest object
 keeps the plain name, a later one with the same name gets ``~<id>`` (containers) or
 ``~fs<id>`` (filesets) before its extension. Adding objects never renames existing ones.
+
+Originals OMERO's download policy (``omerofs.policy``) forbids this user to read are
+listed with mode 0000: the kernel refuses them (EACCES) and the daemon refuses them to
+root as well, as OMERO lists a plate's files but refuses their download.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from omerofs.catalog.protocol import Container, Fileset, Snapshot
 from omerofs.catalog.rows import BadRows, fileset_problem
-from omerofs.fs.inodes import DIR_MODE, InodeTable, Node
+from omerofs.fs.inodes import DENIED_MODE, DIR_MODE, FILE_MODE, InodeTable, Node
 from omerofs.identity import Viewer, can_see
+from omerofs.policy import can_edit, file_readable
 from omerofs.template import sanitize_name
 
 MANAGED = "ManagedRepository"
@@ -24,6 +33,8 @@ GROUPS = "Groups"
 PROJECTS = "Projects"
 DATASETS = "Datasets"
 ORPHANS = "Orphans"
+SCREENS = "Screens"
+PLATES = "Plates"
 
 
 def suffixed(name: str, tag: str, is_dir: bool) -> str:
@@ -57,6 +68,8 @@ class UserLayout:
         self._dataset_dirs: dict[int, list[Node]] = {}
         self._project_dirs: dict[int, Node] = {}
         self._group_dirs: dict[int, Node] = {}
+        self._screen_dirs: dict[int, Node] = {}
+        self._plate_dirs: dict[int, list[Node]] = {}
         uid, gid, mtime = home.uid, home.gid, home.mtime_ns
         self.managed = self._dir(home, MANAGED, uid, gid, mtime)
         self.groups = self._dir(home, GROUPS, uid, gid, mtime)
@@ -70,7 +83,9 @@ class UserLayout:
         ):
             if gid in snap.groups and snap.groups[gid].name != "system":
                 self._group_dir(gid)
-        self.add_containers(sorted(snap.projects), sorted(snap.datasets))
+        self.add_containers(
+            sorted(snap.projects), sorted(snap.datasets), sorted(snap.screens), sorted(snap.plates)
+        )
         for fs in sorted(filesets, key=lambda f: f.id):
             self.add_fileset(fs)
 
@@ -78,8 +93,15 @@ class UserLayout:
         group = self.snapshot.groups.get(group_id)
         return group is not None and can_see(self.viewer, owner_id, group_id, group.level)
 
-    def add_containers(self, project_ids: list[int], dataset_ids: list[int]) -> None:
+    def add_containers(
+        self,
+        project_ids: Sequence[int],
+        dataset_ids: Sequence[int],
+        screen_ids: Sequence[int] = (),
+        plate_ids: Sequence[int] = (),
+    ) -> None:
         snap = self.snapshot
+        self._add_screens(screen_ids, plate_ids)
         for pid in project_ids:
             project = snap.projects[pid]
             if self.visible(project.owner_id, project.group_id):
@@ -101,6 +123,52 @@ class UserLayout:
                 parents = [self._dir(self._group_dir(dataset.group_id), DATASETS)]
             self._dataset_dirs[did] = [self._container_dir(p, dataset) for p in parents]
 
+    def _add_screens(self, screen_ids: Sequence[int], plate_ids: Sequence[int]) -> None:
+        """Screens under ``Screens/``, each plate under its screens, or under ``Plates/``
+        when it is in none the user sees (as datasets under ``Projects/``/``Datasets/``)."""
+        snap = self.snapshot
+        for sid in screen_ids:
+            screen = snap.screens[sid]
+            if self.visible(screen.owner_id, screen.group_id):
+                parent = self._dir(self._group_dir(screen.group_id), SCREENS)
+                self._screen_dirs[sid] = self._container_dir(parent, screen)
+        screens_of: dict[int, list[int]] = {}
+        for sid, pid in snap.screen_plate:
+            screens_of.setdefault(pid, []).append(sid)
+        for pid in plate_ids:
+            plate = snap.plates[pid]
+            if not self.visible(plate.owner_id, plate.group_id):
+                continue
+            parents = [
+                self._screen_dirs[s]
+                for s in sorted(screens_of.get(pid, []))
+                if s in self._screen_dirs
+            ]
+            if not parents:
+                parents = [self._dir(self._group_dir(plate.group_id), PLATES)]
+            self._plate_dirs[pid] = [self._container_dir(p, plate) for p in parents]
+
+    def _modes(self, fs: Fileset) -> list[int] | None:
+        """Each entry's file mode under the download policy; None when all are readable
+        (the common case: the files may then be made nodes lazily)."""
+        group = self.snapshot.groups[fs.group_id]
+        editor = can_edit(self.viewer, fs.owner_id, fs.group_id, group.level)
+        policy = self.snapshot.binary_access
+        modes = [
+            FILE_MODE
+            if file_readable(
+                policy,
+                name=e.name,
+                can_edit=editor,
+                group_id=fs.group_id,
+                in_plate=fs.plate_id is not None,
+                has_images=fs.image_count > 0,
+            )
+            else DENIED_MODE
+            for e in fs.entries
+        ]
+        return None if DENIED_MODE not in modes else modes
+
     def add_fileset(self, fs: Fileset) -> bool:
         """Place ``fs`` if this user may see it; return whether it was placed."""
         if not self.visible(fs.owner_id, fs.group_id) or not fs.entries:
@@ -115,18 +183,21 @@ class UserLayout:
         gid = self.snapshot.groups[fs.group_id].gid
         mtime = int(fs.created * 1e9)
         sources = [e.repo_path for e in fs.entries]  # one string each, shared by both trees
+        modes = self._modes(fs)
         # OMERO's own path
         directory = self.managed
         for depth, part in enumerate(fs.template_prefix.rstrip("/").split("/")):
             own = depth >= self.root_depth
             directory = self._dir(directory, part, uid if own else 0, gid if own else 0, mtime)
-        self._place_files(directory, fs, sources, uid, gid, mtime)
+        self._place_files(directory, fs, sources, uid, gid, mtime, modes=modes)
         # the named tree
         targets = [d for did in fs.dataset_ids for d in self._dataset_dirs.get(did, [])]
+        if fs.plate_id is not None:
+            targets += self._plate_dirs.get(fs.plate_id, [])
         if not targets:
             targets = [self._dir(self._group_dir(fs.group_id), ORPHANS)]
         for target in targets:
-            self._place_named(target, fs, sources, uid, gid, mtime)
+            self._place_named(target, fs, sources, uid, gid, mtime, modes)
         return True
 
     # -- helpers ---------------------------------------------------------------------
@@ -143,7 +214,14 @@ class UserLayout:
         return self.table.holds(node, main)
 
     def _place_named(
-        self, target: Node, fs: Fileset, sources: list[str], uid: int, gid: int, mtime: int
+        self,
+        target: Node,
+        fs: Fileset,
+        sources: list[str],
+        uid: int,
+        gid: int,
+        mtime: int,
+        modes: list[int] | None = None,
     ) -> None:
         rels = [src[len(fs.template_prefix) :] for src in sources]
         tops = {r.split("/", 1)[0] for r in rels}
@@ -152,14 +230,15 @@ class UserLayout:
             is_dir = "/" in rels[0]
             name = self._claim(target, top, f"fs{fs.id}", is_dir)
             if not is_dir:
-                self._file(target, name, sources[0], fs.entries[0].size, uid, gid, mtime)
+                mode = modes[0] if modes else FILE_MODE
+                self._file(target, name, sources[0], fs.entries[0].size, uid, gid, mtime, mode)
                 return
             directory = self._dir(target, name, uid, gid, mtime)
-            self._place_files(directory, fs, sources, uid, gid, mtime, strip=top + "/")
+            self._place_files(directory, fs, sources, uid, gid, mtime, top + "/", modes)
         else:  # several top-level names: keep them together under the main file's name
             name = self._claim(target, fs.entries[0].name, f"fs{fs.id}", True)
             directory = self._dir(target, name, uid, gid, mtime)
-            self._place_files(directory, fs, sources, uid, gid, mtime)
+            self._place_files(directory, fs, sources, uid, gid, mtime, modes=modes)
 
     def _place_files(
         self,
@@ -170,25 +249,36 @@ class UserLayout:
         gid: int,
         mtime: int,
         strip: str = "",
+        modes: list[int] | None = None,
     ) -> None:
         cut = len(fs.template_prefix) + len(strip)
-        if directory.children == {} and directory.pending is None:  # new: fill it lazily
+        new = directory.children == {} and directory.pending is None
+        if new and modes is None:  # new, every file readable: fill it lazily
             files = [(source, e.size) for e, source in zip(fs.entries, sources, strict=True)]
             self.table.defer_files(directory, cut, files, uid, gid, mtime)
             return
-        for entry, source in zip(fs.entries, sources, strict=True):
+        for i, (entry, source) in enumerate(zip(fs.entries, sources, strict=True)):
             rel = source[cut:]
             *dirs, name = rel.split("/")
             parent = directory
             for part in dirs:
                 parent = self._dir(parent, part, uid, gid, mtime)
             if self.table.child(parent, name) is None:
-                self._file(parent, name, source, entry.size, uid, gid, mtime)
+                mode = modes[i] if modes else FILE_MODE
+                self._file(parent, name, source, entry.size, uid, gid, mtime, mode)
 
     def _file(
-        self, parent: Node, name: str, source: str, size: int, uid: int, gid: int, mtime: int
+        self,
+        parent: Node,
+        name: str,
+        source: str,
+        size: int,
+        uid: int,
+        gid: int,
+        mtime: int,
+        mode: int = FILE_MODE,
     ) -> Node:
-        node = self.table.add_file(parent, name, source, size, uid, gid, mtime)
+        node = self.table.add_file(parent, name, source, size, uid, gid, mtime, mode)
         self.touched.add(parent)
         return node
 

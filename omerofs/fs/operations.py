@@ -144,6 +144,8 @@ class ViewOperations(pyfuse3.Operations):
         node = self.table.get(inode)
         if node.source is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if not node.mode & 0o444:  # the download policy forbids it, to root as well
+            raise pyfuse3.FUSEError(errno.EACCES)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         try:

@@ -36,6 +36,8 @@ _ADDITIVE = {
     ("Fileset", "INSERT"),
     ("Project", "INSERT"),
     ("Dataset", "INSERT"),
+    ("Screen", "INSERT"),
+    ("Plate", "INSERT"),
     ("ExperimenterGroup", "INSERT"),
     ("Experimenter", "INSERT"),
 }
@@ -169,7 +171,9 @@ class RepositoryView:
         """Built users whose trees ``changes`` invalidate (they must be fetched again),
         with their viewer under the new snapshot."""
         kinds = {(e.entity, e.action) for e in changes.events}
-        if kinds <= _ADDITIVE:
+        if changes.snapshot.binary_access != self.snapshot.binary_access:
+            affected = set(self._layouts)  # files may become readable or not, everywhere
+        elif kinds <= _ADDITIVE:
             affected: set[int] = set()
         elif kinds <= _ADDITIVE | _PER_USER:
             affected = {e.entity_id for e in changes.events if (e.entity, e.action) in _PER_USER}
@@ -190,17 +194,20 @@ class RepositoryView:
         added = [new.filesets[i] for i in sorted(new.filesets)]
         new.filesets = {}
         known_projects, known_datasets = set(self.snapshot.projects), set(self.snapshot.datasets)
+        known_screens, known_plates = set(self.snapshot.screens), set(self.snapshot.plates)
         self.snapshot = new
         for layout in self._layouts.values():
             layout.snapshot = new
         self._sync_homes(inval)
         new_projects = sorted(set(new.projects) - known_projects)
         new_datasets = sorted(set(new.datasets) - known_datasets)
+        new_screens = sorted(set(new.screens) - known_screens)
+        new_plates = sorted(set(new.plates) - known_plates)
         for exp_id, layout in list(self._layouts.items()):
             if exp_id in refetched:
                 self._rebuild(exp_id, inval, refetched[exp_id])
                 continue
-            layout.add_containers(new_projects, new_datasets)
+            layout.add_containers(new_projects, new_datasets, new_screens, new_plates)
             for fs in added:
                 layout.add_fileset(fs)
             inval.inodes.update(n.inode for n in layout.touched)

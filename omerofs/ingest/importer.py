@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    """Where the images go: OMERO's ``-T Dataset:name:D`` or ``Project:name:P/Dataset:name:D``.
+    """Where the images go: OMERO's ``-T Dataset:name:D`` or ``Project:name:P/Dataset:name:D``,
+    or for a plate ``Screen:name:S`` (the plate is linked to the Screen; a Screen and a
+    Dataset are exclusive, as one ``-T`` names one container).
 
     OMERO puts a qualifier before the key: ``+name`` the newest container of that name,
     created when missing (the default), ``-name`` the oldest, ``@name`` always a new
@@ -38,8 +40,9 @@ class Target:
 
     project: str | None = None
     dataset: str | None = None
+    screen: str | None = None
 
-    FORM = "Dataset:name:D or Project:name:P/Dataset:name:D"
+    FORM = "Dataset:name:D, Project:name:P/Dataset:name:D or Screen:name:S"
     QUALIFIERS = {"-": "oldest", "@": "always new", "%": "unique"}
 
     @classmethod
@@ -66,7 +69,8 @@ class Target:
                 )
             if sep and key == "id":
                 raise UsageError(f"target {text!r}: containers are named here, not given by id")
-            if not (sep and sep2 and name) or key != "name" or kind not in ("Project", "Dataset"):
+            kinds = ("Project", "Dataset", "Screen")
+            if not (sep and sep2 and name) or key != "name" or kind not in kinds:
                 raise UsageError(f"bad target {text!r}: expected {cls.FORM}")
             if name[0] in "+-%@":
                 raise UsageError(
@@ -74,11 +78,20 @@ class Target:
                     f"{kind}:{name[0]}name:{name[1:] or 'NAME'}"
                 )
             found[kind] = name
+        if "Screen" in found:
+            if len(parts) > 1:
+                raise UsageError(
+                    f"bad target {text!r}: a Screen stands alone (Screen:name:S); Screen and "
+                    "Project/Dataset targets are exclusive"
+                )
+            return cls(screen=found["Screen"])
         if "Dataset" not in found or (len(parts) == 2 and list(found) != ["Project", "Dataset"]):
             raise UsageError(f"bad target {text!r}: a Dataset is required (Project is optional)")
         return cls(found.get("Project"), found["Dataset"])
 
     def describe(self) -> str:
+        if self.screen is not None:
+            return f"screen {self.screen!r}"
         if self.dataset is None:
             return "no dataset (orphaned)"
         where = f"project {self.project!r} / " if self.project else ""
@@ -185,10 +198,17 @@ class Importer:
     # -- importing -------------------------------------------------------------------
 
     def import_paths(
-        self, sources: list[Path], owner: Experimenter, group: Group, mode: str, target: Target
+        self,
+        sources: list[Path],
+        owner: Experimenter,
+        group: Group,
+        mode: str,
+        target: Target,
+        hooks: Callable[[SourceFileset], ImportHooks] | None = None,
     ) -> list[Outcome]:
         """Import every fileset each source holds (a directory may hold several, grouped
-        as Bio-Formats would); one failure does not stop the others."""
+        as Bio-Formats would); one failure does not stop the others. ``hooks(plan)``, if
+        given, is asked for each fileset's hooks as it starts (a progress display)."""
         transfer.base_mode(mode)
         outcomes = []
         for source in sources:
@@ -201,7 +221,9 @@ class Importer:
             for plan in plans:
                 shown = Path(source) if len(plans) == 1 else plan.main.path
                 try:
-                    fileset = self.import_fileset(plan, owner, group, mode, target)
+                    fileset = self.import_fileset(
+                        plan, owner, group, mode, target, hooks(plan) if hooks else None
+                    )
                     outcomes.append(Outcome(shown, fileset))
                 except OmerofsError as exc:
                     log.error("import of %s failed: %s", shown, exc, extra={"reported": True})

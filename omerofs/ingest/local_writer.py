@@ -29,8 +29,8 @@ from omerofs.catalog.protocol import (
     PlacedFile,
 )
 from omerofs.config import RepoConfig
-from omerofs.errors import ImportFailed, UnknownFormat
-from omerofs.formats import group_files, looks_like_image, read_images
+from omerofs.errors import ImportFailed, UnknownFormat, UsageError
+from omerofs.formats import group_files, is_plate, looks_like_image, read_images
 from omerofs.formats import mimetype as format_mimetype
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset
@@ -59,6 +59,12 @@ class LocalWriter:
         hooks: ImportHooks,
     ) -> Fileset:
         images = self._read_images(plan)
+        plate = is_plate(plan.main.path)
+        if target.screen is not None and plate is None:
+            raise UsageError(
+                f"{plan.root}: a Screen target takes plates only, and this is no plate "
+                "(use a Dataset target, or none)"
+            )
         started = datetime.now()
         prefix = self._reserve_prefix(owner, group, started)
         final = self.managed / prefix
@@ -96,6 +102,8 @@ class LocalWriter:
                     images=tuple(images),
                     project_name=target.project,
                     dataset_name=target.dataset,
+                    screen_name=target.screen,
+                    plate=plate,
                 ),
                 on_commit=hooks.on_commit,
             )
@@ -146,9 +154,7 @@ class LocalWriter:
     ) -> str:
         """Place one file, sealed as the repository's (docs/repository.md)."""
         try:
-            return transfer.place(
-                mode, source, dest, hooks.on_bytes, seal_as=account, seals=seals
-            )
+            return transfer.place(mode, source, dest, hooks.on_bytes, seal_as=account, seals=seals)
         except OSError as exc:
             raise ImportFailed(f"{source}: {exc.strerror or exc}") from None
 
@@ -226,7 +232,7 @@ class LocalWriter:
             f"fileset: {fileset.id}",
             f"user: {owner.name} (id {owner.id}); group: {group.name} (id {group.id})",
             f"transfer: {mode}",
-            f"target: {target.project or '-'} / {target.dataset or '-'}",
+            f"target: {target.describe()}",
             f"images: {fileset.image_count}",
         ]
         lines += [

@@ -219,6 +219,9 @@ def people_to_json(snap: Snapshot) -> dict[str, Any]:
         "projects": [[c.id, c.name, c.owner_id, c.group_id] for c in snap.projects.values()],
         "datasets": [[c.id, c.name, c.owner_id, c.group_id] for c in snap.datasets.values()],
         "project_dataset": [list(pd) for pd in snap.project_dataset],
+        "screens": [[c.id, c.name, c.owner_id, c.group_id] for c in snap.screens.values()],
+        "plates": [[c.id, c.name, c.owner_id, c.group_id] for c in snap.plates.values()],
+        "screen_plate": [list(sp) for sp in snap.screen_plate],
     }
 
 
@@ -235,6 +238,10 @@ def people_from_json(data: dict[str, Any]) -> Snapshot:
         projects={row[0]: Container(*row) for row in data["projects"]},
         datasets={row[0]: Container(*row) for row in data["datasets"]},
         project_dataset=[(p, d) for p, d in data["project_dataset"]],
+        # saved before plates were read: none
+        screens={row[0]: Container(*row) for row in data.get("screens", [])},
+        plates={row[0]: Container(*row) for row in data.get("plates", [])},
+        screen_plate=[(s, p) for s, p in data.get("screen_plate", [])],
     )
 
 
@@ -253,11 +260,13 @@ def fileset_to_json(f: Fileset) -> list[Any]:
         entries,
         list(f.dataset_ids),
         f.image_count,
+        f.plate_id,
     ]
 
 
 def fileset_from_json(row: list[Any]) -> Fileset:
-    fs_id, owner, group, prefix, transfer, created, entries, datasets, images = row
+    fs_id, owner, group, prefix, transfer, created, entries, datasets, images = row[:9]
+    plate_id = row[9] if len(row) > 9 else None  # saved before plates were read: none
     return Fileset(
         id=fs_id,
         owner_id=owner,
@@ -268,4 +277,5 @@ def fileset_from_json(row: list[Any]) -> Fileset:
         entries=tuple(FilesetEntry(*e) for e in entries),
         dataset_ids=tuple(datasets),
         image_count=images,
+        plate_id=plate_id,
     )

@@ -41,7 +41,7 @@ from omerofs.catalog.protocol import (
 from omerofs.errors import AccessDenied, CatalogUnavailable, NotFound, OmerofsError
 from omerofs.identity import IdMap
 from omerofs.policy import KEY as BINARY_ACCESS
-from omerofs.policy import OMERO_DEFAULT, BinaryAccess, parse
+from omerofs.policy import OMERO_DEFAULT, BinaryAccess, BinaryAccessPolicy, parse
 
 log = logging.getLogger(__name__)
 ID_CHUNK = 1000  # ids per ``in (:ids)`` query
@@ -50,7 +50,7 @@ POLICY_MAX_AGE = 60.0  # seconds a read download policy is used before it is rea
 
 # EventLog entity types after which people, groups or containers must be read again
 _PEOPLE = {"Experimenter", "ExperimenterGroup", "GroupExperimenterMap"}
-_CONTAINERS = {"Project", "Dataset", "ProjectDatasetLink"}
+_CONTAINERS = {"Project", "Dataset", "ProjectDatasetLink", "Screen", "Plate", "ScreenPlateLink"}
 
 
 class OmeroCatalog:
@@ -75,6 +75,7 @@ class OmeroCatalog:
         self._events = records.EventWindow(settings.event_overlap)
         self._policy: tuple[frozenset[str], dict[int, frozenset[str]]] | None = None
         self._policy_at = 0.0
+        self._delivered_policy: BinaryAccessPolicy | None = None  # as the view last got it
 
     def close(self) -> None:
         self.server.close()
@@ -113,7 +114,7 @@ class OmeroCatalog:
         if people is None:
             raise exc
         self._went_stale(exc)
-        return dataclasses.replace(people, filesets={})
+        return dataclasses.replace(people, filesets={}, binary_access=self.access_policy())
 
     # -- queries ----------------------------------------------------------------------
 
@@ -165,9 +166,11 @@ class OmeroCatalog:
         first: whatever happens after it is delivered again by ``changes``. During an
         outage: the last known ones (``stale`` says why)."""
         try:
-            return self._fresh_people()
+            snap = self._fresh_people()
         except CatalogUnavailable as exc:
-            return self._known_people(exc)
+            snap = self._known_people(exc)
+        self._delivered_policy = snap.binary_access  # a view starts from this one
+        return snap
 
     def _fresh_people(self) -> Snapshot:
         """People read from the server now (and persisted), or CatalogUnavailable."""
@@ -233,6 +236,29 @@ class OmeroCatalog:
             )
             if p in snap.projects and d in snap.datasets
         ]
+        for kind, into in (("Screen", snap.screens), ("Plate", snap.plates)):
+            found = records.containers_of(
+                list(
+                    self._paged(
+                        f"select x.id, x.name, x.details.owner.id, x.details.group.id "
+                        f"from {kind} x where x.id > :after order by x.id"
+                    )
+                )
+            )
+            into.update(
+                (i, c)
+                for i, c in found.items()
+                if c.owner_id in snap.experimenters and c.group_id in snap.groups
+            )
+        snap.screen_plate = [
+            (s, p)
+            for _, s, p in self._paged(
+                "select l.id, l.parent.id, l.child.id from ScreenPlateLink l "
+                "where l.id > :after order by l.id"
+            )
+            if s in snap.screens and p in snap.plates
+        ]
+        snap.binary_access = self.access_policy()
         with self._lock:
             self._people, self._people_at = snap, time.monotonic()
         return snap
@@ -324,6 +350,19 @@ class OmeroCatalog:
         server, groups = known
         return BinaryAccess(server, groups.get(group_id, frozenset()))
 
+    def access_policy(self) -> BinaryAccessPolicy:
+        """The whole policy (server-wide and every group's), as the view holds it with
+        its snapshot; during an outage with nothing known, OMERO's default."""
+        try:
+            self.binary_access(0)
+        except CatalogUnavailable:
+            log.warning("download policy unknown (server away, none saved): OMERO's default")
+            return BinaryAccessPolicy()
+        with self._lock:
+            assert self._policy is not None
+            server, groups = self._policy
+        return BinaryAccessPolicy.of(server, groups)
+
     def _read_policy(self) -> tuple[frozenset[str], dict[int, frozenset[str]]]:
         try:
             value = self.server.call(lambda sf: sf.getConfigService().getConfigValue(BINARY_ACCESS))
@@ -353,14 +392,7 @@ class OmeroCatalog:
         ``plate`` token applies to them."""
         if not ids:
             return set()
-        return {
-            fs_id
-            for (fs_id,) in self._by_ids(
-                "select distinct i.fileset.id from WellSample ws join ws.image i "
-                "where i.fileset.id in (:ids)",
-                ids,
-            )
-        }
+        return set(self._plates_of(ids))
 
     # -- filesets ---------------------------------------------------------------------
 
@@ -435,6 +467,7 @@ class OmeroCatalog:
         ):
             datasets[fs_id].add(dataset_id)
         transfers = self._transfers(ids)
+        plates = self._plates_of(ids)
         return [
             Fileset(
                 id=fs_id,
@@ -448,9 +481,22 @@ class OmeroCatalog:
                 ),
                 dataset_ids=tuple(sorted(datasets[fs_id])),
                 image_count=images[fs_id],
+                plate_id=plates.get(fs_id),
             )
             for fs_id, owner, group, prefix, created in heads
         ]
+
+    def _plates_of(self, ids: list[int]) -> dict[int, int]:
+        """The plate each fileset's images lie in (Plate -> Well -> WellSample -> Image ->
+        Fileset; one plate per fileset, as one import makes it)."""
+        found: dict[int, int] = {}
+        for fs_id, plate_id in self._by_ids(
+            "select distinct i.fileset.id, ws.well.plate.id from WellSample ws join ws.image i "
+            "where i.fileset.id in (:ids)",
+            ids,
+        ):
+            found.setdefault(fs_id, plate_id)
+        return found
 
     def _entry_rows(self, ids: list[int]) -> list[list[Any]]:
         """Entries in fileset order: ``index(fe)``, the position in ``Fileset.usedFiles``
@@ -533,7 +579,10 @@ class OmeroCatalog:
         ]
         raw = self._events.fresh(since, read)
         reconcile = time.monotonic() - self._reconciled >= self.settings.reconcile_interval
-        if not raw and not reconcile:
+        policy = self.access_policy()  # read again at most every POLICY_MAX_AGE
+        if self._delivered_policy is None:  # the first poll: the caller's snapshot had it
+            self._delivered_policy = policy
+        if not raw and not reconcile and policy == self._delivered_policy:
             return None
         last = max([since, *(e.id for e in raw)])
         kinds = {e.entity for e in raw}
@@ -543,6 +592,8 @@ class OmeroCatalog:
             else self._current_people(strict=True)
         )
         events = self._translate(raw)
+        if policy != self._delivered_policy:  # the view re-applies it to every tree
+            events.append(Event(last, "BinaryAccess", 0, "UPDATE"))
         if reconcile:  # a full re-read now and then: every built tree is fetched again
             self._reconciled = time.monotonic()
             events.append(Event(last, "Reconcile", 0, "UPDATE"))
@@ -553,7 +604,9 @@ class OmeroCatalog:
             newest = self._max_fileset
         # the events up to ``last`` are handled; people may be newer (read just now):
         # events after ``last`` come again next time, and applying them twice is harmless
-        snap = dataclasses.replace(people, event_id=last, filesets={}, max_fileset_id=newest)
+        snap = dataclasses.replace(
+            people, event_id=last, filesets={}, max_fileset_id=newest, binary_access=policy
+        )
         new_ids = sorted(
             {e.entity_id for e in events if (e.entity, e.action) == ("Fileset", "INSERT")}
         )
@@ -566,6 +619,7 @@ class OmeroCatalog:
             )
             snap.filesets = {fs.id: fs for fs in self._complete(heads)}
         self._events.delivered(last, raw)
+        self._delivered_policy = policy
         return Changes(events, snap)
 
     def _translate(self, raw: list[Event]) -> list[Event]:
@@ -590,6 +644,11 @@ class OmeroCatalog:
             dataset_of_link=lookup(
                 "select l.id, l.child.id from ProjectDatasetLink l where l.id in (:ids)",
                 "ProjectDatasetLink",
+                "INSERT",
+            ),
+            plate_of_link=lookup(
+                "select l.id, l.child.id from ScreenPlateLink l where l.id in (:ids)",
+                "ScreenPlateLink",
                 "INSERT",
             ),
         )

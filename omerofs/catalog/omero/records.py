@@ -184,6 +184,9 @@ EVENT_TYPES = tuple(
         "containers.Project",
         "containers.Dataset",
         "containers.ProjectDatasetLink",
+        "screen.Screen",
+        "screen.Plate",
+        "screen.ScreenPlateLink",
         "meta.Experimenter",
         "meta.ExperimenterGroup",
         "meta.GroupExperimenterMap",
@@ -237,9 +240,18 @@ class EventRefs:
     fileset_of_link: dict[int, int | None] = field(default_factory=dict)  # DatasetImageLink
     member_of_map: dict[int, int] = field(default_factory=dict)  # GroupExperimenterMap
     dataset_of_link: dict[int, int] = field(default_factory=dict)  # ProjectDatasetLink
+    plate_of_link: dict[int, int] = field(default_factory=dict)  # ScreenPlateLink
 
 
-_VIEWED = {"Experimenter", "ExperimenterGroup", "GroupExperimenterMap", "Project", "Dataset"}
+_VIEWED = {
+    "Experimenter",
+    "ExperimenterGroup",
+    "GroupExperimenterMap",
+    "Project",
+    "Dataset",
+    "Screen",
+    "Plate",
+}
 
 
 def view_events(raw: list[Event], refs: EventRefs) -> list[Event]:
@@ -249,10 +261,12 @@ def view_events(raw: list[Event], refs: EventRefs) -> list[Event]:
     when its images appear (the import finished). Linking images of a shown fileset to a
     dataset moves it (an update: trees are rebuilt); links made by the import itself are
     part of its arrival. A new dataset linked to its project arrives with the project
-    data. Membership events name the member, as the view expects. Everything else
+    data, and a new plate linked to its screen with the screen data. Membership events
+    name the member, as the view expects. Everything else
     (annotations, pixels, thumbnails, ...) does not change what the view shows."""
     new_filesets = {f for f in refs.fileset_of_image.values() if f is not None}
     new_datasets = {e.entity_id for e in raw if (e.entity, e.action) == ("Dataset", "INSERT")}
+    new_plates = {e.entity_id for e in raw if (e.entity, e.action) == ("Plate", "INSERT")}
     events: list[Event] = []
     seen: set[tuple[str, int, str]] = set()
     for e in raw:
@@ -278,6 +292,9 @@ def view_events(raw: list[Event], refs: EventRefs) -> list[Event]:
                 out = Event(e.id, e.entity, member, e.action)
         elif e.entity == "ProjectDatasetLink":
             if e.action != "INSERT" or refs.dataset_of_link.get(e.entity_id) not in new_datasets:
+                out = Event(e.id, e.entity, e.entity_id, e.action)
+        elif e.entity == "ScreenPlateLink":  # a plate's import links it to its screen
+            if e.action != "INSERT" or refs.plate_of_link.get(e.entity_id) not in new_plates:
                 out = Event(e.id, e.entity, e.entity_id, e.action)
         elif e.entity in _VIEWED:
             out = Event(e.id, e.entity, e.entity_id, e.action)
