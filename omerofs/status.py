@@ -59,9 +59,11 @@ def report(config: RepoConfig, limit: int, daemons: list[dict[str, Any]]) -> dic
         "recent_imports": [],
         "failures": [],
         "acknowledged": 0,
+        "omero_outage": None,
     }
     if not config.catalog_path.exists():
         return result
+    result["omero_outage"] = omero_outage(config)
     store = Database(config.catalog_path, "the ingest queue in", readonly=True)
     try:
         with store.reading() as db:
@@ -118,6 +120,8 @@ def _jobs(db: sqlite3.Connection, columns: set[str]) -> list[dict]:
         "updated",
         "next_try",
         "transfer",
+        "failure",
+        "duplicate_of",
     ]
     present = [c for c in wanted if c in columns]
     out = []
@@ -142,7 +146,26 @@ def _public(job: dict) -> dict[str, Any]:
         "error": job["error"],
         "next_try": _when(job["next_try"]),
         "updated": _when(job["updated"]),
+        "failure": job["failure"],
+        "duplicate_of": job["duplicate_of"],
     }
+
+
+def omero_outage(config: RepoConfig) -> str | None:
+    """With an OMERO backend: one line when the server was unreachable at the daemons'
+    last attempt (catalog/omero/cache.py keeps it in the repository's SQLite file)."""
+    if config.omero is None:
+        return None
+    from omerofs.catalog.omero.cache import describe_outage  # no omero-py needed
+
+    store = Database(config.catalog_path, "the OMERO state in", readonly=True)
+    try:
+        with store.reading() as db:
+            if "omero_state" not in _tables(db):
+                return None  # no daemon or command has talked to the server yet
+        return describe_outage(store)
+    finally:
+        store.close()
 
 
 def acknowledge(config: RepoConfig, job_ids: list[int]) -> list[int]:
@@ -206,6 +229,8 @@ def human_bytes(n: int) -> str:
 def render(rep: dict[str, Any]) -> str:
     """The report as a terminal table."""
     out: list[str] = []
+    if rep.get("omero_outage"):
+        out += [f"WARNING: {rep['omero_outage']}", ""]
     if rep["daemons"]:
         out.append("DAEMON  PID      SINCE                MOUNTPOINT")
         for d in rep["daemons"]:
@@ -251,12 +276,20 @@ def _in_flight_line(j: dict) -> str:
 
 
 def _waiting_line(j: dict) -> str:
-    extra = ""
-    if j["state"] == "retrying":
-        extra = f", next try {j['next_try'] or 'soon'} (attempt {j['attempts']})"
-    if j["error"]:
-        extra += f": {j['error']}"
-    return f"job {j['job']}  {j['path']}  {j['state']}{extra}"
+    """``retrying at 14:03:12 (2 tries): reason``, ``incomplete: reason``, ``queued``."""
+    state = j["state"]
+    if state == "retrying":
+        at = _clock(j["next_try"]) if j["next_try"] else "once the daemon runs"
+        tries = j["attempts"]
+        state = f"retrying at {at} ({tries} {'try' if tries == 1 else 'tries'})"
+    reason = f": {j['error']}" if j["error"] else ""
+    return f"job {j['job']}  {j['path']}  {state}{reason}"
+
+
+def _clock(iso: str) -> str:
+    """HH:MM:SS today, the date as well otherwise."""
+    day, _, clock = iso.partition("T")
+    return clock if day == datetime.now().date().isoformat() else f"{day} {clock}"
 
 
 def _import_line(j: dict) -> str:
@@ -264,4 +297,5 @@ def _import_line(j: dict) -> str:
 
 
 def _failure_line(j: dict) -> str:
-    return f"job {j['job']}  {j['path']}  at {j['updated']}: {j['error']}"
+    tries = f" after {j['attempts']} tries" if (j["attempts"] or 0) > 1 else ""
+    return f"job {j['job']}  {j['path']}  at {j['updated']}{tries}: {j['error']}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 
 import pytest
 
@@ -25,6 +26,7 @@ REPORT_KEYS = {
     "recent_imports",
     "failures",
     "acknowledged",
+    "omero_outage",  # added within version 1 (docs/cli.md)
 }
 JOB_KEYS = {
     "job",
@@ -39,6 +41,8 @@ JOB_KEYS = {
     "error",
     "next_try",
     "updated",
+    "failure",  # added within version 1
+    "duplicate_of",
 }
 
 
@@ -145,3 +149,29 @@ def test_status_for_a_user_who_cannot_see_staging(jobs) -> None:
         ids["failed"]: None,
         ids["gone"]: None,
     }
+
+
+def test_retries_and_holds_say_when_and_why(jobs) -> None:
+    """The acquisition engineer's transient failures and holds (ingest/queue.py):
+    "retrying at HH:MM:SS (n tries): reason", "incomplete: reason"."""
+    repo, ids = jobs
+    queue = JobQueue(repo.config.catalog_path)
+    try:
+        queue.requeue(ids["retrying"])  # its time came: tried, failing again for a passing reason
+        queue.start(ids["retrying"])
+        next_try = time.time() + 120
+        queue.retry_later(ids["retrying"], "No space left on device", next_try)
+    finally:
+        queue.close()
+    report = json.loads(status(repo, "--json").stdout)
+    waiting = {j["state"]: j for j in report["waiting"]}
+    assert waiting["retrying"]["failure"] == "transient"
+    assert waiting["retrying"]["attempts"] == 1
+    assert report["omero_outage"] is None  # embedded backend
+    text = status(repo).stdout
+    clock = datetime.fromtimestamp(next_try).strftime("%H:%M:%S")
+    if datetime.fromtimestamp(next_try).date() != datetime.now().date():
+        clock = datetime.fromtimestamp(next_try).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"retrying at {clock} (1 try): No space left on device" in text
+    assert "alice/held.tif  incomplete: 2 of 3 planes present" in text
+    assert "WARNING" not in text
