@@ -432,26 +432,35 @@ def run_local_checks(
 ) -> list[Check]:
     """Every check of an embedded repository, in order."""
     rows = [config_check(config), catalog_check(config)]
-    try:
-        filesets, snap, bad = read_filesets(config)
-    except (OmerofsError, sqlite3.Error) as exc:
-        not_run = f"not run: the catalog cannot be read ({' '.join(str(exc).split())})"
-        rows += [
-            Check(name, SKIP, not_run)
-            for name in ("missing files", "extra files", "file sizes", "sealed originals")
-        ]
-        snap = None
-    else:
-        if bad:
-            rows.append(
-                Check(
-                    "catalog rows",
-                    FAIL,
-                    f"{len(bad)} row(s) the mounts skip: {_listed(bad)}",
-                    "correct them with user/group modify, or remove them (docs/cli.md)",
-                )
+    file_rows = ("missing files", "extra files", "file sizes", "sealed originals", "checksums")
+    snap = None
+    if not os.access(config.managed_dir, os.R_OK | os.X_OK):
+        rows.append(
+            Check(
+                "repository access",
+                FAIL,
+                f"{config.managed_dir} is not readable by uid {os.geteuid()}",
+                "run omerofs check as root",
             )
-        rows += repository_checks(config, filesets, deep, progress)
+        )
+        rows += [Check(name, SKIP, "not run: ManagedRepository unreadable") for name in file_rows]
+    else:
+        try:
+            filesets, snap, bad = read_filesets(config)
+        except (OmerofsError, sqlite3.Error) as exc:
+            not_run = f"not run: the catalog cannot be read ({' '.join(str(exc).split())})"
+            rows += [Check(name, SKIP, not_run) for name in file_rows]
+        else:
+            if bad:
+                rows.append(
+                    Check(
+                        "catalog rows",
+                        FAIL,
+                        f"{len(bad)} row(s) the mounts skip: {_listed(bad)}",
+                        "correct them with user/group modify, or remove them (docs/cli.md)",
+                    )
+                )
+            rows += repository_checks(config, filesets, deep, progress)
     rows += [staging_check(config), ownership_check(config)]
     if snap is not None:
         rows.append(coverage_check(snap))

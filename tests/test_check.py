@@ -214,3 +214,13 @@ def test_deep_shows_progress_on_a_terminal(built: Path) -> None:
     assert proc.returncode == 0, out
     assert b"\rhashing 1: " in seen and b"of 3 files" in seen
     assert "PASS    checksums" in out and "\r" not in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uid")
+def test_a_user_is_told_to_run_it_as_root(built: Path) -> None:
+    res = run_cli("-r", str(built), "check", "--json", uid=3003)
+    assert res.returncode == 1, res.stderr
+    rows = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert rows["repository access"]["result"] == "FAIL"
+    assert rows["repository access"]["fix"] == "run omerofs check as root"
+    assert rows["missing files"]["result"] == "SKIP"
