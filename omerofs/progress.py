@@ -91,13 +91,19 @@ class Progress:
         self.bytes_done += n
         self._draw()
 
+    def clear(self) -> None:
+        """Take the live line away (before someone else writes a line to the terminal;
+        the next update draws it again)."""
+        if self.live and self._width:
+            self._write("\r" + " " * self._width + "\r")
+            self._width = 0
+            self._drawn = 0.0
+
     def finish(self, summary: str | None = None) -> None:
         """Clear the live line; print ``summary`` (or the totals) in lines mode."""
         self.files_before += len(self.sizes)
         self.sizes = []
-        if self.live and self._width:
-            self._write("\r" + " " * self._width + "\r")
-            self._width = 0
+        self.clear()
         if self.lines:
             self._write((summary or self.totals()) + "\n")
 
