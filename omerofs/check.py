@@ -291,7 +291,11 @@ def repository_checks(
             )
         )
     else:
-        rows.append(Check("checksums", PASS, f"{len(present)} originals match their SHA-1"))
+        other = sum(entries[rel].hasher not in SHA1_HASHERS for rel in present)
+        note = f" ({other} with another hasher read, not compared)" if other else ""
+        rows.append(
+            Check("checksums", PASS, f"{len(present) - other} originals match their SHA-1{note}")
+        )
     return rows
 
 
@@ -434,7 +438,17 @@ def run_local_checks(
     rows = [config_check(config), catalog_check(config)]
     file_rows = ("missing files", "extra files", "file sizes", "sealed originals", "checksums")
     snap = None
-    if not os.access(config.managed_dir, os.R_OK | os.X_OK):
+    if not config.managed_dir.is_dir():
+        rows.append(
+            Check(
+                "repository access",
+                FAIL,
+                f"{config.managed_dir} is not a directory",
+                "restore it from a backup (or, for a new repository, mkdir -m 0700 it)",
+            )
+        )
+        rows += [Check(name, SKIP, "not run: no ManagedRepository") for name in file_rows]
+    elif not os.access(config.managed_dir, os.R_OK | os.X_OK):
         rows.append(
             Check(
                 "repository access",

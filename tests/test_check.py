@@ -13,12 +13,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from omerofs.config import load_config
 from omerofs.daemon_lock import DaemonLock
-from tests.conftest import make_tiff, run_cli
+from tests.conftest import make_tiff, needs_fuse, needs_root, run_cli
 
 ROWS = [
     "config",
@@ -223,4 +224,28 @@ def test_a_user_is_told_to_run_it_as_root(built: Path) -> None:
     rows = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
     assert rows["repository access"]["result"] == "FAIL"
     assert rows["repository access"]["fix"] == "run omerofs check as root"
+    assert rows["missing files"]["result"] == "SKIP"
+
+
+@needs_fuse
+@needs_root
+def test_running_daemons_pass(built: Path, mount_view) -> None:
+    """Both mounts up: the daemons row names them; the ingest mount made staging private."""
+    repo = SimpleNamespace(config=load_config(built))
+    view = mount_view(repo, "view")
+    ingest = mount_view(repo, "ingest", ("ingest",))
+    res, rows, _ = check(built)
+    assert res.returncode == 0, res.stdout
+    detail = rows["daemons"]["detail"]
+    assert f"view pid {view.proc.pid} at {view.mountpoint}" in detail
+    assert f"ingest pid {ingest.proc.pid} at {ingest.mountpoint}" in detail
+    assert rows["staging"]["detail"].endswith("is on the ManagedRepository's filesystem")
+    assert rows["private directories"]["result"] == "PASS"
+
+
+def test_no_managed_repository_is_one_row(built: Path) -> None:
+    os.rename(built / "ManagedRepository", built / "elsewhere")
+    res, rows, _ = check(built)
+    assert res.returncode == 1
+    assert rows["repository access"]["result"] == "FAIL"
     assert rows["missing files"]["result"] == "SKIP"
