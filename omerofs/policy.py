@@ -18,6 +18,11 @@ A token is looked up server-wide and in the group: a ``-`` in either wins, then 
 in either allows, and a token named nowhere restricts ("configuration is pessimistic").
 OMERO's default is ``+read,+write,+image``: plates' originals are not downloadable
 unless the server says ``+plate``.
+
+``BinaryAccessPolicy`` is the whole of it (server-wide and per group) as a catalog reads
+it: an OMERO server's IConfig and group config, or the embedded backend's ``[view]
+binary_access`` and ``binary_access_groups`` in omerofs.toml. The view applies it to
+each user's tree (docs/view.md: listed, not readable).
 """
 
 from __future__ import annotations
@@ -115,21 +120,3 @@ def parse_groups(text: str | None) -> dict[str, frozenset[str]]:
         found[name.strip()] = found.get(name.strip(), frozenset()) | parse(tokens)
     return found
 
-
-def file_readable(
-    policy: BinaryAccessPolicy,
-    *,
-    name: str,
-    can_edit: bool,
-    group_id: int,
-    in_plate: bool,
-    has_images: bool = True,
-) -> bool:
-    """May an original named ``name`` be read by someone (``can_edit`` or not)? Files of
-    a fileset without images are not OMERO's concern here (``isRestricted`` asks only
-    about those with images)."""
-    if not has_images:
-        return True
-    return download_allowed(
-        policy.for_group(group_id), name=name, can_edit=can_edit, in_plate=in_plate
-    )

@@ -142,3 +142,23 @@ def test_policy_read_from_the_server_and_kept_for_outages(tmp_path: Path) -> Non
         empty.close()
     finally:
         db.close()
+
+
+def test_the_embedded_settings() -> None:
+    """``[view] binary_access_groups``: OMERO's per-group config entries, by group name."""
+    from omerofs.errors import UsageError
+    from omerofs.policy import BinaryAccessPolicy, check_tokens, parse_groups
+
+    assert parse_groups("screening: -read, +plate; public:+plate;") == {
+        "screening": frozenset({"-read", "+plate"}),
+        "public": frozenset({"+plate"}),
+    }
+    assert parse_groups("") == {}
+    for bad in ("screening +plate", ": +plate", "lab: +pixels"):
+        with pytest.raises(UsageError):
+            parse_groups(bad)
+    check_tokens("+read, -write,+image,-plate")
+    with pytest.raises(UsageError, match="read"):
+        check_tokens("read")
+    policy = BinaryAccessPolicy.of(parse("+read,+write,+image"), {5: frozenset({"+plate"})})
+    assert not policy.for_group(5).denies("plate") and policy.for_group(6).denies("plate")

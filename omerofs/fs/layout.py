@@ -25,7 +25,7 @@ from omerofs.catalog.protocol import Container, Fileset, Snapshot
 from omerofs.catalog.rows import BadRows, fileset_problem
 from omerofs.fs.inodes import DENIED_MODE, DIR_MODE, FILE_MODE, InodeTable, Node
 from omerofs.identity import Viewer, can_see
-from omerofs.policy import can_edit, file_readable
+from omerofs.policy import can_edit, download_allowed
 from omerofs.template import sanitize_name
 
 MANAGED = "ManagedRepository"
@@ -70,6 +70,9 @@ class UserLayout:
         self._group_dirs: dict[int, Node] = {}
         self._screen_dirs: dict[int, Node] = {}
         self._plate_dirs: dict[int, list[Node]] = {}
+        # the download policy's verdict (other files, *.txt) per (group, owner, in a plate)
+        self._access: dict[tuple[int, int, bool], tuple[bool, bool]] = {}
+        self._access_of = snapshot.binary_access
         uid, gid, mtime = home.uid, home.gid, home.mtime_ns
         self.managed = self._dir(home, MANAGED, uid, gid, mtime)
         self.groups = self._dir(home, GROUPS, uid, gid, mtime)
@@ -150,24 +153,32 @@ class UserLayout:
 
     def _modes(self, fs: Fileset) -> list[int] | None:
         """Each entry's file mode under the download policy; None when all are readable
-        (the common case: the files may then be made nodes lazily)."""
-        group = self.snapshot.groups[fs.group_id]
-        editor = can_edit(self.viewer, fs.owner_id, fs.group_id, group.level)
-        policy = self.snapshot.binary_access
-        modes = [
-            FILE_MODE
-            if file_readable(
-                policy,
-                name=e.name,
-                can_edit=editor,
-                group_id=fs.group_id,
-                in_plate=fs.plate_id is not None,
-                has_images=fs.image_count > 0,
+        (the common case: the files may then be made nodes lazily). Decided once per
+        (group, own data, plate) and name kind: a million-fileset tree asks this for
+        every fileset."""
+        if fs.image_count <= 0:
+            return None
+        key = (fs.group_id, fs.owner_id, fs.plate_id is not None)
+        rule = self._access.get(key)
+        if rule is None or self._access_of is not self.snapshot.binary_access:
+            if self._access_of is not self.snapshot.binary_access:
+                self._access = {}
+                self._access_of = self.snapshot.binary_access
+            group = self.snapshot.groups[fs.group_id]
+            editor = can_edit(self.viewer, fs.owner_id, fs.group_id, group.level)
+            access = self.snapshot.binary_access.for_group(fs.group_id)
+            rule = tuple(
+                download_allowed(access, name=name, can_edit=editor, in_plate=key[2])
+                for name in ("x", "x.txt")
             )
-            else DENIED_MODE
+            self._access[key] = rule  # type: ignore[assignment]
+        other, txt = rule
+        if other and txt:
+            return None
+        return [
+            FILE_MODE if (txt if e.name.endswith(".txt") else other) else DENIED_MODE
             for e in fs.entries
         ]
-        return None if DENIED_MODE not in modes else modes
 
     def add_fileset(self, fs: Fileset) -> bool:
         """Place ``fs`` if this user may see it; return whether it was placed."""
