@@ -219,6 +219,7 @@ class LocalCatalog:
         self.path = Path(path)
         self._policy_server = parse(binary_access)
         self._policy_groups = dict(binary_access_groups or {})
+        self._unknown_policy_groups: set[str] = set()
         if not create and not self.path.exists():
             raise NotFound(f"catalog {self.path} does not exist")
         self._store = Database(self.path, "the catalog", readonly=readonly and not create)
@@ -717,10 +718,9 @@ class LocalCatalog:
 
     def _policy_of(self, group_ids: dict[str, int]) -> BinaryAccessPolicy:
         for name in self._policy_groups:
-            if name not in group_ids:
-                self.bad_rows.skip(
-                    f"[view] binary_access_groups entry {name!r}", "no such group (ignored)"
-                )
+            if name not in group_ids and name not in self._unknown_policy_groups:
+                self._unknown_policy_groups.add(name)  # logged once, not at every poll
+                log.warning("[view] binary_access_groups names no group %r: ignored", name)
         return BinaryAccessPolicy.of(
             self._policy_server,
             {group_ids[n]: t for n, t in self._policy_groups.items() if n in group_ids},
