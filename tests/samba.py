@@ -72,7 +72,16 @@ def unix_users(users: dict[str, int]) -> Iterator[None]:
 class Smbd:
     """smbd serving the given mounts; ``client(user, share, commands)`` runs smbclient."""
 
-    def __init__(self, base: Path, config, catalog, ingest: Path | None, view: Path | None):
+    def __init__(
+        self,
+        base: Path,
+        config,  # noqa: ANN001 - RepoConfig, Catalog: as smb_conf takes them
+        catalog,  # noqa: ANN001
+        ingest: Path | None,
+        view: Path | None,
+        extra_shares: str = "",
+        case_insensitive: bool = False,
+    ) -> None:
         self.base = base
         self.port = free_port()
         for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
@@ -94,7 +103,11 @@ class Smbd:
             "max log size": "0",
             "rpc start on demand helpers": "no",
         }
-        self.text = smb_conf(config, catalog, ingest, view, global_overrides=overrides)
+        self.text = smb_conf(
+            config, catalog, ingest, view,
+            case_insensitive=case_insensitive, global_overrides=overrides,
+        )  # fmt: skip
+        self.text += extra_shares
         self.conf = base / "smb.conf"
         self.conf.write_text(self.text)
         self.client_conf = base / "client.conf"
