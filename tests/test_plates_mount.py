@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import as_user, needs_fuse, needs_root, run_cli, wait_for
+from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, run_cli, wait_for
 from tests.test_plates import copy_plate
 
 pytestmark = [needs_fuse, needs_root]
@@ -60,3 +60,29 @@ def test_a_plate_in_the_mounted_view(populated, mount_view, world_dir, policy) -
         wait_for(lambda: os.path.exists(chunk), timeout=10, what="the chunk in the view")
         got = subprocess.run(as_user(CAROL, ["cat", chunk]), capture_output=True, timeout=60)
         assert got.stdout == (plate / "B/1/0/0/0/0/0/0/0").read_bytes()
+
+
+def test_minus_read_leaves_originals_to_who_may_edit(populated, mount_view, world_dir) -> None:
+    """``-read``: alice reads her own file through her tree; bob, a member of the
+    read-write group, too (every member may edit there); carol, in the read-only group,
+    sees alice's file there but may not open it (each user has their own inodes)."""
+    toml = populated.config.root / "omerofs.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'binary_access = "+read,+write,+image"', 'binary_access = "-read,+write,+image"'
+        )
+    )
+    ro = populated.import_file(make_tiff(world_dir / "s" / "ro.tif", seed=1), "alice", "ro")
+    rw = populated.import_file(make_tiff(world_dir / "s" / "rw.tif", seed=2), "alice", "rw")
+    view = mount_view(populated)
+
+    def cat(uid: int, user: str, fs) -> int:
+        path = f"{view.mountpoint}/{user}/ManagedRepository/{fs.entries[0].repo_path}"
+        return subprocess.run(as_user(uid, ["cat", path]), capture_output=True).returncode
+
+    assert cat(3001, "alice", ro) == 0 and cat(3001, "alice", rw) == 0  # the owner
+    assert cat(3002, "bob", rw) == 0  # read-write group: every member may edit
+    assert cat(3002, "bob", ro) != 0  # read-only group: bob may look, not edit
+    assert cat(CAROL, "carol", ro) != 0
+    listed = as_carol("ls", f"{view.mountpoint}/carol/Groups/ro/Orphans")
+    assert listed.returncode == 0 and "ro.tif" in listed.stdout  # listed all the same
