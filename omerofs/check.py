@@ -428,6 +428,33 @@ def daemons_check(config: RepoConfig) -> Check:
     return Check("daemons", PASS, running)
 
 
+def queue_check(config: RepoConfig) -> Check:
+    """Failures nobody has dealt with and filesets held back, from the ingest queue
+    (as ``omerofs status`` reads it): worth a look, never a failure of the repository."""
+    from omerofs import status
+
+    try:
+        rep = status.report(config, 1_000_000, [])
+    except (OmerofsError, sqlite3.Error) as exc:
+        return Check("ingest queue", FAIL, str(exc), "see the catalog row")
+    failed = len(rep["failures"])
+    held = sum(j["state"] == "incomplete" for j in rep["waiting"])
+    retrying = sum(j["state"] == "retrying" for j in rep["waiting"])
+    if failed or held:
+        parts = [
+            f"{failed} failed import(s)" if failed else "",
+            f"{held} held incomplete" if held else "",
+        ]
+        return Check(
+            "ingest queue",
+            WARN,
+            ", ".join(p for p in parts if p) + (f", {retrying} retrying" if retrying else ""),
+            "omerofs status shows them: fix and commit again, or omerofs status --ack JOB",
+        )
+    waiting = len(rep["waiting"]) + len(rep["in_flight"])
+    return Check("ingest queue", PASS, f"no failures; {waiting} fileset(s) queued or importing")
+
+
 # -- all of it -------------------------------------------------------------------------------
 
 
@@ -478,7 +505,7 @@ def run_local_checks(
     rows += [staging_check(config), ownership_check(config)]
     if snap is not None:
         rows.append(coverage_check(snap))
-    rows.append(daemons_check(config))
+    rows += [queue_check(config), daemons_check(config)]
     return rows
 
 

@@ -19,6 +19,8 @@ import pytest
 
 from omerofs.config import load_config
 from omerofs.daemon_lock import DaemonLock
+from omerofs.ingest.paths import FilesetKey
+from omerofs.ingest.queue import JobQueue
 from tests.conftest import make_tiff, needs_fuse, needs_root, run_cli
 
 ROWS = [
@@ -32,6 +34,7 @@ ROWS = [
     "staging",
     "private directories",
     "uid/gid coverage",
+    "ingest queue",
     "daemons",
 ]
 
@@ -249,3 +252,22 @@ def test_no_managed_repository_is_one_row(built: Path) -> None:
     assert res.returncode == 1
     assert rows["repository access"]["result"] == "FAIL"
     assert rows["missing files"]["result"] == "SKIP"
+
+
+def test_an_unhandled_ingest_failure_is_a_warning(built: Path) -> None:
+    config = load_config(built)
+    (config.staging_dir / "alice").mkdir(parents=True)
+    (config.staging_dir / "alice" / "x.tif").write_bytes(b"not a tiff")
+    queue = JobQueue(config.catalog_path)
+    try:
+        key = FilesetKey("alice", None, None, None, "alice/x.tif", False)
+        job = queue.enqueue(key, "cp", {"alice/x.tif": (10, 1)})
+        queue.fail(job.id, "unknown format")
+    finally:
+        queue.close()
+    os.chmod(config.staging_dir, 0o700)  # as the ingest mount leaves it
+    res, rows, _ = check(built)
+    assert res.returncode == 0, res.stdout
+    assert rows["ingest queue"]["result"] == "WARN"
+    assert rows["ingest queue"]["detail"] == "1 failed import(s)"
+    assert "omerofs status --ack JOB" in rows["ingest queue"]["fix"]
