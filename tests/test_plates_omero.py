@@ -175,6 +175,8 @@ def test_a_policy_change_reaches_a_running_view(tmp_path: Path) -> None:
     assert catalog.changes(view.event_id) is None  # nothing changed
     server.server_policy = "+read,+write,+image,+plate"
     catalog._policy_at = time.monotonic() - 3600  # the kept policy is old: read again
+    catalog._people_at = 0.0  # and a tree loaded meanwhile reads people (and policy) anew
+    catalog.filesets_for(BOB, {GROUP}, FILESET)
     changes = catalog.changes(view.event_id)
     assert changes is not None and ("BinaryAccess", "UPDATE") in {
         (e.entity, e.action) for e in changes.events

@@ -165,12 +165,15 @@ class OmeroCatalog:
         """Users, groups, memberships and containers (no filesets), at an event id read
         first: whatever happens after it is delivered again by ``changes``. During an
         outage: the last known ones (``stale`` says why)."""
-        try:
-            snap = self._fresh_people()
-        except CatalogUnavailable as exc:
-            snap = self._known_people(exc)
+        snap = self._people_now()
         self._delivered_policy = snap.binary_access  # a view starts from this one
         return snap
+
+    def _people_now(self) -> Snapshot:
+        try:
+            return self._fresh_people()
+        except CatalogUnavailable as exc:
+            return self._known_people(exc)
 
     def _fresh_people(self) -> Snapshot:
         """People read from the server now (and persisted), or CatalogUnavailable."""
@@ -283,7 +286,7 @@ class OmeroCatalog:
         with self._lock:
             people, at = self._people, self._people_at
         if people is None or time.monotonic() - at > PEOPLE_MAX_AGE:
-            people = self._fresh_people() if strict else self.snapshot_people()
+            people = self._fresh_people() if strict else self._people_now()
         return people
 
     def experimenter_by_name(self, name: str) -> Experimenter:
