@@ -119,4 +119,3 @@ def parse_groups(text: str | None) -> dict[str, frozenset[str]]:
         check_tokens(tokens)
         found[name.strip()] = found.get(name.strip(), frozenset()) | parse(tokens)
     return found
-

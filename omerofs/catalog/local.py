@@ -711,9 +711,7 @@ class LocalCatalog:
             for row in db.execute("SELECT id, name, owner_id, group_id FROM plates"):
                 snap.plates[row[0]] = Container(*row)
             snap.screen_plate = list(db.execute("SELECT screen_id, plate_id FROM screen_plate"))
-        snap.binary_access = self._policy_of(
-            {g.name: g.id for g in snap.groups.values()}
-        )
+        snap.binary_access = self._policy_of({g.name: g.id for g in snap.groups.values()})
         return clean_snapshot(snap, self.bad_rows)
 
     def _policy_of(self, group_ids: dict[str, int]) -> BinaryAccessPolicy:
