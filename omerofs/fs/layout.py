@@ -154,7 +154,7 @@ class UserLayout:
     def _modes(self, fs: Fileset) -> list[int] | None:
         """Each entry's file mode under the download policy; None when all are readable
         (the common case: the files may then be made nodes lazily). Decided once per
-        (group, own data, plate) and name kind: a million-fileset tree asks this for
+        (group, owner, in a plate) and name kind: a million-fileset tree asks this for
         every fileset."""
         if fs.image_count <= 0:
             return None
