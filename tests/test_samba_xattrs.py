@@ -17,7 +17,7 @@ import pytest
 
 from omerofs.errors import UsageError
 from omerofs.shares import INGEST_SHARE, VIEW_SHARE, smb_conf
-from tests.conftest import as_user, needs_fuse, needs_root, wait_for
+from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,3 +145,31 @@ def test_smb_conf_names_the_users_and_mounts(populated, tmp_path) -> None:
     res = subprocess.run(["testparm", "-s", str(conf)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "Unknown parameter" not in res.stderr and "Ignoring" not in res.stderr, res.stderr
+
+
+@needs_fuse
+@needs_root
+def test_a_copying_import_leaves_windows_metadata_behind(populated, mount_view, world_dir):
+    """cp modes copy bytes only (ln keeps the inode, and so the xattrs: tests/test_samba.py)."""
+    img = make_tiff(world_dir / "src" / "cp.tif", seed=81)
+    mp = mount_view(populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "0.5",
+                                          "--xattrs")).mountpoint  # fmt: skip
+    target = mp / "alice/cp.tif"
+    res = _as_alice(
+        f"import os, shutil; shutil.copyfile({str(img)!r}, {str(target)!r});"
+        f"os.setxattr({str(target)!r}, 'user.DOSATTRIB', b'dos')"
+    )
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: _state(target) == "imported", timeout=30, what="the import")
+    assert os.getxattr(target, "user.DOSATTRIB") == b"dos"  # still on the staged file
+    (fs,) = [f for f in populated.catalog.snapshot().filesets.values()
+             if f.entries[0].client_path.endswith("alice/cp.tif")]  # fmt: skip
+    placed = populated.config.managed_dir / fs.entries[0].repo_path
+    assert "user.DOSATTRIB" not in os.listxattr(placed)
+
+
+def _state(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, "user.omerofs.state").decode()
+    except OSError:
+        return None
