@@ -197,6 +197,22 @@ def test_commit_by_ea_from_the_client(door: Door, src: Path) -> None:
     assert "omerofs.state" in eas and "imported" in eas, eas  # state read over SMB
 
 
+def test_commit_a_run_directory_by_ea(door: Door, src: Path) -> None:
+    img = make_tiff(src / "r.tif", seed=55)
+    marker = src / ".omerofs-commit-only"
+    marker.write_text("")
+    door.smbd.client(
+        "alice", INGEST,
+        f'mkdir CP; put "{marker}" CP\\.omerofs-commit-only; mkdir CP\\D; mkdir CP\\D\\run9; '
+        f'put "{img}" CP\\D\\run9\\r.tif; put "{marker}" CP\\D\\run9\\notes.txt',
+    )  # fmt: skip
+    door.wait_state("alice/CP/D/run9/r.tif", "waiting")
+    door.smbd.client("alice", INGEST, "setea CP\\D\\run9 omerofs.commit 1")  # the directory
+    door.wait_state("alice/CP/D/run9/r.tif", "imported")
+    (fs,) = door.filesets("run9/r.tif")
+    assert len(fs.entries) == 2
+
+
 def test_bob_cannot_write_into_alices_tree(door: Door, src: Path) -> None:
     img = make_tiff(src / "b.tif", seed=61)
     door.put("bob", img, "b.tif")  # his own directory: the share's path is MOUNT/%u
