@@ -158,9 +158,10 @@ def test_ingested_bytes_cannot_be_changed_from_the_host(
         attack(staged)
     if not mode.endswith("_rm"):  # in the mount alice still reads her (frozen) file
         Path("/proc/sys/vm/drop_caches").write_text("2")  # attributes fresh from the daemon
-        res = as_alice(f"ls -l {target} && sha1sum {target}")
-        assert res.returncode == 0 and res.stdout.split()[-2] == expected, res.stderr
-        assert " 3001 " in res.stdout  # shown as hers (uid 3001 has no passwd entry)
+        res = as_alice(f"stat -c %u {target} && sha1sum {target}")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split()[0] == str(ALICE)  # shown as hers
+        assert res.stdout.split()[1] == expected
         res = as_alice(f"echo more >> {target}")  # refused by the service, not the kernel
         assert res.returncode != 0 and "Operation not permitted" in res.stderr, res.stderr
     assert sha1_file(placed) == expected
