@@ -73,6 +73,13 @@ VIEW = {
 }
 
 
+_XATTRS_OFF = [
+    "# NOTE: [ingest] xattrs is false in omerofs.toml: set it to true (or start the",
+    "# ingest mount with --xattrs), or Samba cannot read back DOS attributes, streams",
+    "# and ACLs and logs an error for every file.",
+]
+
+
 def share_users(catalog: Catalog) -> list[Experimenter]:
     """The catalog's users who can log in to the shares: a real uid, a plain name."""
     people = catalog.snapshot_people().experimenters.values()
@@ -109,6 +116,7 @@ def smb_conf(
         "# Each user below needs a unix account with the catalog's uid and a Samba",
         "# password: useradd -u UID NAME; smbpasswd -a NAME.",
         "# users: " + ", ".join(f"{e.name}={e.uid}" for e in users),
+        *(_XATTRS_OFF if ingest_mount is not None and not config.ingest_xattrs else []),
         "",
         *_section("global", {**GLOBAL, **(global_overrides or {})}),
     ]

@@ -134,6 +134,7 @@ def test_smb_conf_names_the_users_and_mounts(populated, tmp_path) -> None:
     assert "   valid users = adam alice bob carol olga" in text
     assert "force user" not in text  # everyone writes as themselves
     assert "vfs objects = acl_xattr streams_xattr" in text
+    assert "[ingest] xattrs is false" in text  # the repository's default: a reminder
     only_view = smb_conf(populated.config, populated.catalog, None, Path("/mnt/view"))
     assert INGEST_SHARE not in only_view
     with pytest.raises(UsageError):
