@@ -65,8 +65,8 @@ def unix_users(users: dict[str, int]) -> Iterator[None]:
             made.append(name)
         yield
     finally:
-        for name in made:
-            subprocess.run(["userdel", name], capture_output=True)
+        for name in made:  # -f: other tests may run processes with the same uid now
+            subprocess.run(["userdel", "-f", name], capture_output=True)
 
 
 class Smbd:
