@@ -45,8 +45,9 @@ def built(world_dir: Path) -> Path:
     root = world_dir / "repo"
     r = ("-r", str(root))
     run_cli(*r, "init", check=True)
-    run_cli(*r, "group", "add", "lab", "--perms", "read-only", check=True)
-    run_cli(*r, "user", "add", "alice", "--uid", "3001", "--default-group", "lab", check=True)
+    # ids no other test gives a local account (the Samba tests create users 3001...)
+    run_cli(*r, "group", "add", "lab", "--perms", "read-only", "--gid", "43001", check=True)
+    run_cli(*r, "user", "add", "alice", "--uid", "43001", "--default-group", "lab", check=True)
     src = world_dir / "src"
     make_tiff(src / "a.tif")
     make_tiff(src / "run" / "b.tif", seed=1)
@@ -77,10 +78,11 @@ def test_a_fresh_repository_passes(built: Path) -> None:
     assert failed_rows(rows) == set()
     assert rows["missing files"]["detail"] == "all 3 originals of 3 filesets are there"
     assert rows["checksums"]["detail"] == "3 originals match their SHA-1"
-    # uid 3001 and the auto-picked gid have no local account here: a warning, not a failure
+    # uid and gid 43001 have no local account here: a warning, not a failure
+    coverage = rows["uid/gid coverage"]
+    assert coverage["result"] == "WARN"
     assert (
-        rows["uid/gid coverage"]["result"] == "WARN"
-        and "alice" in rows["uid/gid coverage"]["detail"]
+        coverage["detail"] == "no local account for user alice (uid 43001), group lab (gid 43001)"
     )
     text = run_cli("-r", str(built), "check")
     assert text.returncode == 0 and "all checks passed, 1 warning(s)" in text.stdout
