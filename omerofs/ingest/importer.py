@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -244,7 +244,13 @@ class Importer:
         mode: str,
         target: Target,
         hooks: ImportHooks | None = None,
+        remove_sources: bool = True,
     ) -> Fileset:
+        """Import one planned fileset (all or nothing). ``remove_sources=False``: an
+        ``*_rm`` import leaves its sources in place for the caller to remove later with
+        ``Importer.remove_sources`` (the ingest mount keeps the names a while for a writer
+        that comes back). The fileset may be a ``FilesetWithWarning`` (imported, but the
+        server reported an error after saving the images)."""
         hooks = hooks or ImportHooks()
         self._refuse_repository_sources(plan)
         before = {f.path: _signature(f.path) for f in plan.files}
@@ -257,8 +263,8 @@ class Importer:
             group.name,
             fileset.template_prefix,
         )
-        if transfer.removes_source(mode):
-            hooks.on_removed(self._remove_sources(plan, before))
+        if remove_sources and transfer.removes_source(mode):
+            hooks.on_removed(self.remove_sources(before, plan.root).files)
         return fileset
 
     def discard(self, prefix: str) -> None:
@@ -273,22 +279,58 @@ class Importer:
                 raise UsageError(f"{f.path}: already inside the ManagedRepository; not importing")
 
     @staticmethod
-    def _remove_sources(plan: SourceFileset, before: dict[Path, tuple[int, int]]) -> list[Path]:
-        """Delete verified sources, except any that changed after they were hashed."""
-        removed = []
-        for f in plan.files:
-            if _signature(f.path) != before[f.path]:
-                log.warning("%s changed during import; kept, not removed", f.path)
+    def remove_sources(sources: Mapping[Path, Signature], root: Path) -> Removed:
+        """Delete the sources of a verified ``*_rm`` import, except any that changed since
+        they were hashed, then the directories that leaves empty: every one in ``root``
+        (and ``root``) when the fileset is a directory, and those between a removed file
+        and the directory holding ``root`` (an ``X.oif``'s ``X.oif.files/``).
+
+        ``sources``: path -> (size, mtime_ns) when hashed; a None time compares the size
+        only (the ingest mount, where the kernel may rewrite times after the data and
+        every change is seen anyway). A source already gone counts as removed."""
+        removed = Removed([], [])
+        for path in sorted(sources):
+            size, mtime_ns = sources[path]
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    removed.files.append(path)
                 continue
-            os.unlink(f.path)
-            removed.append(f.path)
-        if plan.root.is_dir():
-            for dirpath, _, _ in sorted(os.walk(plan.root), key=lambda t: -len(t[0])):
+            if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
+                log.warning("%s changed after it was hashed for import; kept, not removed", path)
+                continue
+            os.unlink(path)
+            removed.files.append(path)
+        base = root.parent
+        for path in list(removed.files):
+            directory = path.parent
+            while directory != base and base in directory.parents:
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break  # not empty (or gone): something stays, fine
+                removed.directories.append(directory)
+                directory = directory.parent
+        if root.is_dir():
+            for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
                 with contextlib.suppress(OSError):  # not empty: something stays, fine
                     os.rmdir(dirpath)
+                    removed.directories.append(Path(dirpath))
         return removed
 
 
-def _signature(path: Path) -> tuple[int, int]:
+Signature = tuple[int, int | None]  # (size, mtime_ns); None: the size alone decides
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What ``Importer.remove_sources`` deleted."""
+
+    files: list[Path]
+    directories: list[Path]
+
+
+def _signature(path: Path) -> Signature:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns

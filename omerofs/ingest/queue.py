@@ -14,7 +14,9 @@ reason; ``next_try`` is when, ``failure`` = 'transient'), ``failed`` (``failure`
 'permanent'), ``gone`` (it failed or was held, then its files were removed: no longer a
 problem to show), ``duplicate`` (the same content at the same path was imported before:
 ``duplicate_of`` is that job, ``fileset_id`` its fileset under the "link" policy) and
-``superseded`` (the fileset changed; a newer job stands for it).
+``superseded`` (the fileset changed; a newer job stands for it). An ``imported`` job
+may carry a ``warning``: the backend saved the images but reported an error after that
+(OMERO's thumbnails or pixel statistics); it is imported, not failed, and not retried.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS ingest_jobs (
     handed_off INTEGER NOT NULL DEFAULT 0,
     failure TEXT,
     next_try REAL,
-    duplicate_of INTEGER
+    duplicate_of INTEGER,
+    warning TEXT
 );
 CREATE INDEX IF NOT EXISTS ingest_jobs_root ON ingest_jobs(root, id);
 CREATE INDEX IF NOT EXISTS ingest_jobs_state ON ingest_jobs(state);
@@ -84,7 +87,7 @@ _SCHEMA = _SCHEMA.replace("{states}", ",".join(f"'{s}'" for s in STATES))
 _COLUMNS = (
     "id, root, user, grp, project, dataset, is_dir, transfer, state, manifest, bytes_total, "
     "bytes_done, prefix, fileset_id, error, attempts, created, updated, handed_off, failure, "
-    "next_try, duplicate_of"
+    "next_try, duplicate_of, warning"
 )
 
 Manifest = dict[str, tuple[int, int]]  # staging-relative path -> (size, mtime_ns)
@@ -109,6 +112,9 @@ class Job:
     failure: str | None = None  # 'transient' (retried) or 'permanent'
     next_try: float | None = None  # unix time of the next automatic try (retrying)
     duplicate_of: int | None = None  # the earlier job with the same content (duplicate)
+    # imported, but the backend reported an error after the images were saved (OMERO's
+    # thumbnails or statistics): the fileset is there, and the user should hear why
+    warning: str | None = None
 
 
 class JobQueue:
@@ -137,6 +143,10 @@ class JobQueue:
                         self._copy_jobs_table(db)
                 finally:
                     self._db.execute("PRAGMA foreign_keys=ON")
+        jobs = [row[1] for row in self._db.execute("PRAGMA table_info(ingest_jobs)")]
+        if "warning" not in jobs:
+            with self._tx() as db:
+                db.execute("ALTER TABLE ingest_jobs ADD COLUMN warning TEXT")
         files = [row[1] for row in self._db.execute("PRAGMA table_info(ingest_files)")]
         if "sha1" not in files:
             with self._tx() as db:
@@ -251,7 +261,7 @@ class JobQueue:
         with self._tx() as db:
             db.execute(
                 "UPDATE ingest_jobs SET state='importing', attempts=attempts+1, "
-                "bytes_done=0, error=NULL, updated=? WHERE id=? AND state='queued'",
+                "bytes_done=0, error=NULL, warning=NULL, updated=? WHERE id=? AND state='queued'",
                 (time.time(), job_id),
             )
 
@@ -274,6 +284,16 @@ class JobQueue:
     def progress(self, job_id: int, done: int) -> None:
         with self._lock:
             self._db.execute("UPDATE ingest_jobs SET bytes_done=? WHERE id=?", (done, job_id))
+
+    def set_warning(self, job_id: int, warning: str) -> None:
+        """An imported job's fileset came with a warning (``FilesetWithWarning``). Written
+        right after the import's own commit, whose hook cannot carry it; a crash between
+        the two loses only this message, never the import."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE ingest_jobs SET warning=?, updated=? WHERE id=? AND state='imported'",
+                (warning, time.time(), job_id),
+            )
 
     def fail(self, job_id: int, error: str) -> None:
         with self._tx() as db:
@@ -426,7 +446,17 @@ def _job(row: tuple) -> Job:
     id_, root, user, grp, project, dataset, is_dir, transfer, state, manifest, *rest = row
     key = FilesetKey(user, grp, project, dataset, root, bool(is_dir))
     files = {p: (s, m) for p, (s, m) in json.loads(manifest).items()}
-    *rest, handed_off, failure, next_try, duplicate_of = rest  # totals .. updated, in order
+    *rest, handed_off, failure, next_try, duplicate_of, warning = rest  # totals .. updated
     return Job(
-        id_, key, transfer, state, files, *rest, bool(handed_off), failure, next_try, duplicate_of
+        id_,
+        key,
+        transfer,
+        state,
+        files,
+        *rest,
+        bool(handed_off),
+        failure,
+        next_try,
+        duplicate_of,
+        warning,
     )

@@ -30,12 +30,13 @@ from pathlib import Path
 import trio
 from sortedcontainers import SortedSet
 
+from omerofs.catalog.omero.handoff import FilesetWithWarning
 from omerofs.catalog.protocol import Fileset
 from omerofs.config import RepoConfig
 from omerofs.errors import Busy, Frozen, OmerofsError, UsageError
 from omerofs.ingest import reports, transfer
 from omerofs.ingest.duplicates import earlier_copy
-from omerofs.ingest.failures import is_transient
+from omerofs.ingest.failures import is_outcome_unknown, is_transient
 from omerofs.ingest.filesets import SourceFileset, plan_fileset
 from omerofs.ingest.importer import Importer, ImportHooks, Target
 from omerofs.ingest.paths import (
@@ -66,6 +67,7 @@ class FilesetState:
     error: str | None = None
     fileset_id: int | None = None
     job_id: int | None = None
+    warning: str | None = None  # imported, with an error reported after the images landed
 
 
 @dataclass
@@ -106,6 +108,8 @@ class IngestService:
         self._failed_writes: dict[str, str] = {}  # staged file -> why its last write failed
         self._open_markers: Counter[str] = Counter()  # commit markers still being written
         self._deferred: set[FilesetKey] = set()  # closed while an overlapping import ran
+        # interrupted imports the catalog could not tell about at start-up (an outage)
+        self._recovering: dict[int, Job] = {}
         self.staged = StagedFilesets(
             self.staging, self._frozen, self._lingering, self._failed_writes
         )
@@ -280,7 +284,7 @@ class IngestService:
             _overlapping(rel, self._frozen) or _overlapping(rel, self._lingering)
         ):
             return FilesetState("staged")  # new data where an earlier import was
-        return FilesetState(job.state, job.error, job.fileset_id, job.id)
+        return FilesetState(job.state, job.error, job.fileset_id, job.id, job.warning)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -311,6 +315,8 @@ class IngestService:
                 self._spawn(self._run_job, job.id)
             for job in await trio.to_thread.run_sync(self.queue.in_state, "retrying"):
                 self._spawn(self._retry_at, job.id, job.next_try or 0.0)
+            if self._recovering:
+                self._spawn(self._recover_later)
             unsettled = await trio.to_thread.run_sync(self.unsettled)
             for key in unsettled:
                 self.tracker.changed(key, trio.current_time())
@@ -577,28 +583,79 @@ class IngestService:
                 on_bytes=on_bytes,
                 on_commit=self.queue.commit_statements(job),
             )
-            fileset = self._write(plan, owner, group, job, hooks)
+            # the *_rm removal comes later (_end_linger): the names linger for a writer
+            # that comes back instead of vanishing under it
+            fileset = self.importer.import_fileset(
+                plan,
+                owner,
+                group,
+                job.transfer,
+                Target(key.project, key.dataset),
+                hooks,
+                remove_sources=False,
+            )
         except Exception as exc:
+            if self._committed(job):  # the writer failed after the import's own commit
+                return self._imported_despite(job, exc)
             return None, self._failed(job, exc)
         try:
             self._record_hashes(fileset)
         except Exception:  # only duplicate detection misses these: never the import
             log.exception("could not record the hashes of job %d", job.id)
-        log.info(
-            "ingest job %d: %s imported as fileset %d (%s)",
-            job.id,
-            key.root,
-            fileset.id,
-            job.transfer,
-        )
+        if isinstance(fileset, FilesetWithWarning) and fileset.warning:
+            self._warned(job, fileset)
+        else:
+            log.info(
+                "ingest job %d: %s imported as fileset %d (%s)",
+                job.id,
+                key.root,
+                fileset.id,
+                job.transfer,
+            )
         return fileset.id, None
 
-    def _write(self, plan: SourceFileset, owner, group, job: Job, hooks: ImportHooks) -> Fileset:
-        """The importer's rules and writer, but the ``*_rm`` removal is ours: the names
-        linger (``_end_linger``) instead of vanishing under a writer that comes back."""
-        self.importer._refuse_repository_sources(plan)
-        target = Target(job.key.project, job.key.dataset)
-        return self.importer.writer.write(plan, owner, group, job.transfer, target, hooks)
+    def _committed(self, job: Job) -> bool:
+        try:
+            return self.queue.job(job.id).state == "imported"
+        except Exception:
+            log.exception("could not read back ingest job %d", job.id)
+            return False
+
+    def _imported_despite(self, job: Job, exc: Exception) -> tuple[int | None, str | None]:
+        """The catalog committed the import (with the job: ``on_commit``), then a later
+        step failed (an OMERO server gone before the fileset could be read back). It is
+        imported: failing or retrying it would import it twice. Kept, with a warning."""
+        fileset_id = self.queue.job(job.id).fileset_id
+        warning = f"imported, then: {exc}"
+        self.queue.set_warning(job.id, warning)
+        self._write_report(job, warning, kind="warning", fileset_id=fileset_id)
+        log.warning(
+            "ingest job %d: %s imported as fileset %s (%s) with a warning: %s",
+            job.id,
+            job.key.root,
+            fileset_id,
+            job.transfer,
+            warning,
+        )
+        return fileset_id, None
+
+    def _warned(self, job: Job, fileset: FilesetWithWarning) -> None:
+        """Imported, but the server reported an error after the images were saved: the
+        job stays ``imported`` (retrying would import it twice); the warning goes to the
+        queue, the report beside the fileset and the log."""
+        try:
+            self.queue.set_warning(job.id, fileset.warning)
+        except Exception:  # the import stands; the report and the log still say it
+            log.exception("could not record the warning of job %d", job.id)
+        self._write_report(job, fileset.warning, kind="warning", fileset_id=fileset.id)
+        log.warning(
+            "ingest job %d: %s imported as fileset %d (%s) with a warning: %s",
+            job.id,
+            job.key.root,
+            fileset.id,
+            job.transfer,
+            fileset.warning,
+        )
 
     def _failed(self, job: Job, exc: Exception) -> str:
         key = job.key
@@ -624,8 +681,17 @@ class IngestService:
             )
         else:
             self.queue.fail(job.id, message)
-            self._write_report(job, message)
-            log.error("ingest job %d (%s) failed: %s", job.id, key.root, message)
+            unknown = is_outcome_unknown(exc)  # it may have landed: a person must look
+            self._write_report(job, message, kind="unknown" if unknown else "failed")
+            log.error(
+                "ingest job %d (%s) failed%s: %s",
+                job.id,
+                key.root,
+                " (outcome unknown: not retried; check OMERO, then commit to retry)"
+                if unknown
+                else "",
+                message,
+            )
         return message
 
     def _record_hashes(self, fileset: Fileset) -> None:
@@ -682,46 +748,27 @@ class IngestService:
         return key.is_dir and _overlapping(key.root, self._importing) is not None
 
     def _remove_lingering(self, key: FilesetKey, files: dict[str, int]) -> list[str]:
-        removed = []
-        for rel in sorted(files):
-            path = self.staging / rel
-            try:
-                size = os.lstat(path).st_size
-            except FileNotFoundError:
-                removed.append(rel)
-                continue
-            if files[rel] == size:
-                os.unlink(path)
-                removed.append(rel)
-            else:
-                log.warning("%s changed after its import; kept, not removed", rel)
-        if removed:
-            self.queue.mark_removed(removed)
-        base = (self.staging / key.root).parent
-        for rel in list(removed):  # the parts' own directories (an .oif's .oif.files/)
-            directory = (self.staging / rel).parent
-            while directory != base and base in directory.parents:
-                try:
-                    os.rmdir(directory)
-                except OSError:
-                    break  # not empty (or gone): a writer is back, fine
-                removed.append(os.path.relpath(directory, self.staging))
-                directory = directory.parent
-        if key.is_dir:
-            root = self.staging / key.root
-            for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-                with contextlib.suppress(OSError):  # not empty: a writer is back, fine
-                    os.rmdir(dirpath)
-            if not root.exists():
-                removed.append(key.root)
-        return removed
+        """The importer's removal rule (unchanged sources only; sizes decide, since every
+        change through the mount is seen and the kernel may rewrite times), then the
+        directories it emptied; a directory that is not empty means a writer is back."""
+        sources = {self.staging / rel: (size, None) for rel, size in files.items()}
+        removed = self.importer.remove_sources(sources, self.staging / key.root)
+        files_removed = [os.path.relpath(p, self.staging) for p in removed.files]
+        if files_removed:
+            self.queue.mark_removed(files_removed)
+        return files_removed + [os.path.relpath(d, self.staging) for d in removed.directories]
 
     # -- reports ---------------------------------------------------------------------
 
     def _write_report(
-        self, job: Job, error: str, kind: str = "failed", next_try: float | None = None
+        self,
+        job: Job,
+        error: str,
+        kind: str = "failed",
+        next_try: float | None = None,
+        fileset_id: int | None = None,
     ) -> None:
-        reports.write(self.staging, job, error, kind, next_try)
+        reports.write(self.staging, job, error, kind, next_try, fileset_id)
 
     def _remove_report(self, key: FilesetKey) -> None:
         reports.remove(self.staging, key)
@@ -730,36 +777,14 @@ class IngestService:
 
     def recover(self) -> None:
         """Roll back imports a crash interrupted, finish removals a crash postponed, and
-        learn which staged data is imported (read-only from now on)."""
+        learn which staged data is imported (read-only from now on). An interrupted
+        import the catalog cannot be asked about now (an OMERO outage) stays
+        ``importing`` and busy, and is settled by a later pass (``_recover_later``)."""
         for job in self.queue.in_state("importing"):
-            done = self.catalog.fileset_by_prefix(job.prefix) if job.prefix else None
-            if done is not None:  # the catalog committed it (a remote one, before we did)
-                self.queue.mark_imported(job, done.id)
-                log.warning(
-                    "ingest job %d (%s) was imported as fileset %d before a restart",
-                    job.id,
-                    job.key.root,
-                    done.id,
-                )
-                continue
-            if job.handed_off:  # the server may finish or have failed it: never run it twice
-                problem = (
-                    f"interrupted while the OMERO server imported it (template {job.prefix}); "
-                    "check whether it arrived, then retry with setfattr -n "
-                    "user.omerofs.commit -v 1 if it did not"
-                )
-                self.queue.fail(job.id, problem)
-                self._write_report(job, problem)
-                log.error("ingest job %d (%s): %s", job.id, job.key.root, problem)
-                continue
-            if job.prefix:
-                self.importer.discard(job.prefix)
-            self.queue.requeue(job.id)
-            log.warning(
-                "ingest job %d (%s) was interrupted; rolled back and queued again",
-                job.id,
-                job.key.root,
-            )
+            try:
+                self._settle_interrupted(job)
+            except Exception as exc:
+                self._defer_recovery(job, exc, attempt=1)
         finished = []
         for path, (job_id, size, _mtime) in self.queue.imported_files().items():
             job = self.queue.job(job_id)
@@ -797,6 +822,97 @@ class IngestService:
             if hidden or not (self.staging / job.key.root).exists():
                 self._gone(job.key)  # clutter an older omerofs tried, or removed meanwhile
 
+    def _settle_interrupted(self, job: Job) -> str:
+        """One job a crash left ``importing``: recorded if the catalog has its fileset,
+        reported if a remote catalog had taken it over, else rolled back and queued
+        again. Returns its new state; raises (``CatalogUnavailable``) with nothing done
+        when the catalog cannot tell, so it is never rolled back or run twice on a guess."""
+        done = self.catalog.fileset_by_prefix(job.prefix) if job.prefix else None
+        if done is not None:  # the catalog committed it (a remote one, before we did)
+            self.queue.mark_imported(job, done.id)
+            with contextlib.suppress(Exception):  # only duplicate detection needs these
+                self._record_hashes(done)
+            log.warning(
+                "ingest job %d (%s) was imported as fileset %d before a restart",
+                job.id,
+                job.key.root,
+                done.id,
+            )
+            return "imported"
+        if job.handed_off:  # the server may finish or have failed it: never run it twice
+            problem = (
+                f"interrupted while the OMERO server imported it (template {job.prefix}); "
+                "check whether it arrived, then retry with setfattr -n "
+                "user.omerofs.commit -v 1 if it did not"
+            )
+            self.queue.fail(job.id, problem)
+            self._write_report(job, problem, kind="unknown")
+            log.error("ingest job %d (%s): %s", job.id, job.key.root, problem)
+            return "failed"
+        if job.prefix:
+            self.importer.discard(job.prefix)
+        self.queue.requeue(job.id)
+        log.warning(
+            "ingest job %d (%s) was interrupted; rolled back and queued again",
+            job.id,
+            job.key.root,
+        )
+        return "queued"
+
+    def _defer_recovery(self, job: Job, exc: Exception, attempt: int) -> None:
+        """Leave an interrupted job as it is (``importing``, its files busy) and ask
+        again later: the daemon starts and serves writes meanwhile."""
+        if job.id not in self._recovering:
+            self._recovering[job.id] = job
+            self._importing.update([job.key.root, *job.manifest])
+            self._importing_roots.add(job.key.root)
+        delay = self.rules.backoff(attempt)
+        if is_transient(exc):
+            log.warning(
+                "ingest job %d (%s) was interrupted by a restart and the catalog cannot "
+                "tell yet whether it was imported (%s); it stays as it is, asked again in "
+                "%.0f s",
+                job.id,
+                job.key.root,
+                exc,
+                delay,
+            )
+        else:
+            log.error(
+                "recovery of ingest job %d (%s) failed; it stays as it is, tried again in %.0f s",
+                job.id,
+                job.key.root,
+                delay,
+                exc_info=exc,
+            )
+
+    async def _recover_later(self) -> None:
+        """Settle the interrupted jobs ``recover`` could not, with backoff, while the
+        daemon runs; each once (``_settle_interrupted`` leaves ``importing`` behind)."""
+        attempt = 1
+        while self._recovering:
+            await trio.sleep(self.rules.backoff(attempt))
+            attempt += 1
+            for job_id, job in list(self._recovering.items()):
+                try:
+                    state = await trio.to_thread.run_sync(self._settle_interrupted, job)
+                except Exception as exc:
+                    self._defer_recovery(job, exc, attempt)
+                    continue
+                del self._recovering[job_id]
+                self._importing.difference_update([job.key.root, *job.manifest])
+                self._importing_roots.discard(job.key.root)
+                if state == "imported":
+                    settled = await trio.to_thread.run_sync(self.queue.job, job_id)
+                    self._after(settled, (settled.fileset_id, None))
+                elif state == "queued":
+                    self._spawn(self._run_job, job_id)
+                else:
+                    self.paths_changed([job.key.error_report])
+                for waiting in list(self._deferred):
+                    self._deferred.discard(waiting)
+                    self._settle_again(waiting)
+
     def unsettled(self) -> list[FilesetKey]:
         """Staged filesets that are neither imported nor queued (written while the daemon
         was down, or closed but not yet queued when it died): they settle again."""
@@ -806,7 +922,8 @@ class IngestService:
             for name in filenames:
                 rel = os.path.relpath(os.path.join(dirpath, name), self.staging)
                 key = fileset_of(rel)
-                if key is not None and rel not in self._frozen and rel not in self._lingering:
+                settled = rel in self._frozen or rel in self._lingering
+                if key is not None and not settled and rel not in self._importing:
                     keys.add(key)
         result = []
         for key in sorted(keys, key=lambda k: k.root):
