@@ -15,12 +15,19 @@ by the test. They stand in for the server, never for omerofs code.
   ``verifyUpload`` compares the client's hashes with those on record.
 - ``Handle``: a ``HandleI`` whose response the test scripts (``OK``, ``ERR``, none yet,
   or the connection lost), and which may commit the Images first (import step 0).
+- Containers: ``findAllByQuery`` over the Screens/Datasets the test put there (newest
+  first, as the writer's ``order by x.id desc`` asks), ``saveAndReturnObject`` giving a
+  new one the next id in the caller's group. When the Images commit, the import's
+  ``userSpecifiedTarget`` is linked as ``ome.formats.model.TargetProcessor`` does: a
+  Dataset gets the Images, a Screen the Plate (if Bio-Formats made one: ``plate_id``,
+  chosen by the test), and a Screen gets nothing for an import that made no Plate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +37,7 @@ import Ice
 import omero
 import omero.clients  # noqa: F401
 import omero.cmd
-from omero.model import OriginalFileI
+from omero.model import OriginalFileI, PermissionsI
 from omero.rtypes import rint, rlong, rstring, rtime, unwrap
 
 HASHERS = {"SHA1-160": hashlib.sha1, "MD5-128": hashlib.md5}
@@ -128,7 +135,7 @@ class Handle:
         if self.outcome == "running":
             return None
         if self.outcome in ("ok", "err-after-images"):
-            self.server.images = 1  # step 0 committed the Images
+            self.server.commit_images()  # step 0 committed the Images (and their links)
         if self.outcome == "ok":
             return omero.cmd.OK()
         return omero.cmd.ERR("ome.conditions.InternalException", "thumbnail-failure", {"step": "2"})
@@ -198,6 +205,14 @@ class Server:
     eager_writes: bool = False  # a local disk: written bytes visible before close
     process: Process | None = None
     on_delete: Any = None  # called before the server deletes (tests look at the disk then)
+    settings: Any = None  # the ImportSettings importFileset was given
+    image_count: int = 1  # Images the import makes (Bio-Formats' series)
+    plate_id: int | None = None  # the Plate the import makes, if the file is one
+    containers: list[Any] = field(default_factory=list)  # Screens, Datasets (model objects)
+    saved: list[tuple[Any, dict[str, str]]] = field(default_factory=list)  # (object, ctx)
+    screen_plate: list[tuple[int, int]] = field(default_factory=list)  # ScreenPlateLinks
+    dataset_of_images: int | None = None  # the Dataset the Images were linked to
+    next_id: int = 900
 
     # -- the repository ---------------------------------------------------------------
 
@@ -207,11 +222,55 @@ class Server:
         return next((by_name[n] for n in self.algorithms if n in by_name), None)
 
     def importFileset(self, fileset: Any, settings: Any) -> Process:
-        for i, entry in enumerate(fileset.copyUsedFiles()):
-            name = unwrap(entry.getClientPath()).rsplit("/", 1)[-1]
-            self.files.append(Record(1000 + i, self.prefix, name))
+        """Each file under the template prefix at its path below the client paths'
+        common directory (``ManagedRepositoryI`` trims the shared root)."""
+        paths = [unwrap(e.getClientPath()) for e in fileset.copyUsedFiles()]
+        common = os.path.commonpath([os.path.dirname("/" + p) for p in paths])
+        for i, path in enumerate(paths):
+            below, _, name = os.path.relpath("/" + path, common).rpartition("/")
+            self.files.append(Record(1000 + i, self.prefix + (below + "/" if below else ""), name))
+        self.settings = settings
         self.process = Process(self, unwrap(settings.checksumAlgorithm.getValue()))
         return self.process
+
+    def commit_images(self) -> None:
+        """Import step 0 saves the Images and ``TargetProcessor``'s references: a Dataset
+        target collects the Image containers, a Screen target the Plate ones."""
+        self.images = self.image_count
+        target = self.settings.userSpecifiedTarget if self.settings is not None else None
+        if isinstance(target, omero.model.Dataset):
+            self.dataset_of_images = int(unwrap(target.getId()))
+        elif isinstance(target, omero.model.Screen) and self.plate_id is not None:
+            link = (int(unwrap(target.getId())), self.plate_id)
+            if link not in self.screen_plate:  # a response polled twice saves once
+                self.screen_plate.append(link)
+
+    # -- containers (ModelImportTarget's queries and saves) ------------------------------
+
+    def findAllByQuery(self, hql: str, params: Any, ctx: Any = None) -> list[Any]:
+        if not self.reachable:
+            raise Ice.ConnectionRefusedException()
+        found = re.fullmatch(
+            r"select x from (Screen|Dataset) x where x\.name = :name order by x\.id desc", hql
+        )
+        if found is None:
+            raise AssertionError(f"unexpected query: {hql}")
+        kind, name = getattr(omero.model, found[1]), unwrap(params.map["name"])
+        matching = [
+            c for c in self.containers if isinstance(c, kind) and unwrap(c.getName()) == name
+        ]
+        return sorted(matching, key=lambda c: -unwrap(c.getId()))
+
+    def saveAndReturnObject(self, obj: Any, ctx: Any = None) -> Any:
+        """A new container: the next id, owned by the caller, in ``ctx``'s group."""
+        if not self.reachable:
+            raise Ice.ConnectionRefusedException()
+        self.next_id += 1
+        obj.setId(rlong(self.next_id))
+        obj.getDetails().setPermissions(PermissionsI("rwrw--"))  # the owner may link
+        self.saved.append((obj, dict(ctx or {})))
+        self.containers.append(obj)
+        return obj
 
     # -- queries (only those the writer and catalog send) --------------------------------
 
@@ -241,7 +300,15 @@ class Server:
             ]  # fmt: skip
         if hql.startswith("select i.fileset.id, count(i.id)"):
             return [[rlong(self.fileset_id), rlong(self.images)]]
-        if "DatasetImageLink" in hql or "FilesetAnnotationLink" in hql or "WellSample" in hql:
+        if "from DatasetImageLink l join l.child i" in hql:  # OmeroCatalog._read
+            if not landed or self.dataset_of_images is None:
+                return []
+            return [[rlong(self.fileset_id), rlong(self.dataset_of_images)]]
+        if "ws.well.plate.id from WellSample ws" in hql:  # OmeroCatalog._plates_of
+            if not landed or self.plate_id is None:
+                return []
+            return [[rlong(self.fileset_id), rlong(self.plate_id)]]
+        if "FilesetAnnotationLink" in hql:
             return []
         raise AssertionError(f"unexpected query: {hql}")
 
@@ -261,6 +328,9 @@ class _Session:
         self.server = server
 
     def getQueryService(self) -> Server:
+        return self.server
+
+    def getUpdateService(self) -> Server:
         return self.server
 
     def submit(self, request: Any, ctx: Any = None) -> Any:

@@ -13,7 +13,7 @@ import Glacier2
 import omero
 import omero.clients  # noqa: F401
 import pytest
-from omero.model import DatasetI, PermissionsI
+from omero.model import DatasetI, PermissionsI, ScreenI
 from omero.rtypes import rlong, rstring, unwrap
 
 from omerofs.catalog.omero import checksums, records
@@ -28,12 +28,13 @@ from omerofs.catalog.omero.settings import OmeroSettings
 from omerofs.catalog.omero.writer import OmeroWriter, placeholder_token
 from omerofs.catalog.protocol import Experimenter, Group, Snapshot
 from omerofs.catalog.sqlite import Database
-from omerofs.errors import CatalogUnavailable, ImportFailed
+from omerofs.errors import CatalogUnavailable, ImportFailed, UsageError
 from omerofs.identity import IdMap, PermissionLevel
 from omerofs.ingest.filesets import plan_fileset
 from omerofs.ingest.importer import ImportHooks, Target
 from tests.conftest import make_tiff
 from tests.omero_standin import Client, Server, sudo_of
+from tests.test_plates import copy_plate
 
 ALICE = Experimenter(2, "alice", 3001, False, 5)
 LAB = Group(5, "lab", PermissionLevel.READ_WRITE, 71001)
@@ -68,8 +69,9 @@ class Setup:
     def placed(self, name: str = "cells.tif") -> Path:
         return self.managed / self.server.prefix / name
 
-    def write(self, source: Path, mode: str):
-        return self.writer.write(plan_fileset(source), ALICE, LAB, mode, Target(), ImportHooks())
+    def write(self, source: Path, mode: str, target: Target | None = None):
+        plan = plan_fileset(source)
+        return self.writer.write(plan, ALICE, LAB, mode, target or Target(), ImportHooks())
 
     def close(self) -> None:
         self.db.close()
@@ -410,14 +412,19 @@ def test_an_import_committed_after_later_events_still_arrives(tmp_path: Path) ->
 # -- -T: ModelImportTarget's choice ----------------------------------------------------------
 
 
+def container(kind: type, i: int, name: str, can_link: bool = True):
+    """A Dataset or Screen as the server returns it, with the caller's link right."""
+    c = kind(i, True)
+    c.setName(rstring(name))
+    perms = PermissionsI("rwrw--")
+    perms._restrictions = [not can_link, False, False, False]  # LINKRESTRICTION first
+    c.getDetails().setPermissions(perms)
+    return c
+
+
 def test_target_is_the_newest_dataset_the_user_may_link_to() -> None:
     def dataset(i: int, can_link: bool) -> DatasetI:
-        d = DatasetI(i, True)
-        d.setName(rstring("D1"))
-        perms = PermissionsI("rwrw--")
-        perms._restrictions = [not can_link, False, False, False]  # LINKRESTRICTION first
-        d.getDetails().setPermissions(perms)
-        return d
+        return container(DatasetI, i, "D1", can_link)
 
     assert records.newest_linkable([dataset(9, False), dataset(7, True), dataset(3, True)]) == 7
     assert records.newest_linkable([dataset(9, False)]) is None
@@ -429,3 +436,82 @@ def test_transfer_leaves_no_uploader_open(setup) -> None:
     s.write(s.source(), "ln")
     assert all(store.closed for store in s.server.process.open.values())
     assert os.path.exists(s.placed())
+
+
+# -- -T Screen:name:S: the plate goes into the Screen -----------------------------------------
+
+PLATE_ID = 41  # the Plate the server makes of the plate's import
+
+
+def plate_setup(setup) -> Setup:
+    """The real OME-Zarr plate of shared/data; the server makes a Plate of it with two
+    Images (its .zattrs: wells A/1 and B/1, one field each)."""
+    s = setup()
+    s.server.plate_id, s.server.image_count = PLATE_ID, 2
+    return s
+
+
+def test_a_screen_target_links_the_plate_to_the_newest_screen_the_user_may_link_to(
+    setup, world_dir: Path
+) -> None:
+    """``ModelImportTarget``: of the Screens named HCS in the group, newest first, the
+    first the user may link to (9 is not); it goes to the server as the import's
+    ``userSpecifiedTarget`` (unloaded, as ``ImportContainer.fillData`` sends the loaded
+    target's id), and the server links the new Plate to it."""
+    s = plate_setup(setup)
+    s.server.containers = [
+        container(ScreenI, 3, "HCS"),
+        container(ScreenI, 7, "HCS"),
+        container(ScreenI, 9, "HCS", can_link=False),
+        container(ScreenI, 8, "other"),
+        container(DatasetI, 10, "HCS"),  # a Dataset of that name is no Screen
+    ]
+    fileset = s.write(copy_plate(world_dir / "plate"), "upload", Target(screen="HCS"))
+    target = s.server.settings.userSpecifiedTarget
+    assert isinstance(target, ScreenI) and unwrap(target.getId()) == 7 and not target.isLoaded()
+    assert s.server.saved == []  # an existing Screen: nothing created
+    assert s.server.screen_plate == [(7, PLATE_ID)]
+    assert fileset.plate_id == PLATE_ID and fileset.image_count == 2
+    assert fileset.dataset_ids == ()
+
+
+def test_a_missing_screen_is_created_in_the_import_group(setup, world_dir: Path) -> None:
+    s = plate_setup(setup)
+    s.server.containers = [container(ScreenI, 9, "HCS", can_link=False)]  # someone else's
+    s.write(copy_plate(world_dir / "plate"), "upload", Target(screen="HCS"))
+    ((screen, ctx),) = s.server.saved
+    assert isinstance(screen, ScreenI) and unwrap(screen.getName()) == "HCS"
+    assert ctx == {"omero.group": str(LAB.id)}  # the import group, not the default one
+    new_id = unwrap(screen.getId())
+    assert unwrap(s.server.settings.userSpecifiedTarget.getId()) == new_id
+    assert s.server.screen_plate == [(new_id, PLATE_ID)]
+
+
+def test_a_screen_target_for_no_plate_is_refused_before_anything_is_sent(setup) -> None:
+    """OMERO would create the Screen and link nothing (``TargetProcessor`` links only
+    Plates to a Screen): the Images would land orphaned. Refused as the embedded
+    backend refuses it, before a Screen is made or a file placed or uploaded."""
+    s = setup()
+    src = s.source()
+    for mode in ("upload", "ln"):
+        with pytest.raises(UsageError, match="a Screen target takes plates only"):
+            s.write(src, mode, Target(screen="HCS"))
+    assert s.server.files == [] and s.server.settings is None  # importFileset never called
+    assert s.server.saved == [] and not (s.managed / s.server.prefix).exists()
+    assert src.exists()
+
+
+def test_a_plate_without_a_target_is_in_no_screen(setup, world_dir: Path) -> None:
+    s = plate_setup(setup)
+    fileset = s.write(copy_plate(world_dir / "plate"), "upload")
+    assert s.server.settings.userSpecifiedTarget is None and s.server.screen_plate == []
+    assert fileset.plate_id == PLATE_ID
+
+
+def test_a_dataset_target_still_goes_as_a_dataset(setup) -> None:
+    s = setup()
+    s.server.containers = [container(DatasetI, 12, "D1"), container(ScreenI, 13, "D1")]
+    fileset = s.write(s.source(), "upload", Target(dataset="D1"))
+    target = s.server.settings.userSpecifiedTarget
+    assert isinstance(target, DatasetI) and unwrap(target.getId()) == 12
+    assert fileset.dataset_ids == (12,) and fileset.plate_id is None

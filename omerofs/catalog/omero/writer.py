@@ -2,7 +2,7 @@
 
 The steps OMERO's own importer takes, from Python: as the user who wrote the data (a
 sudo session of the service account), resolve ``-T`` style targets (created when
-missing), send the Fileset (main file first) and ImportSettings to ``importFileset``,
+missing; a Screen only for a plate, which the server then links to it), send the Fileset (main file first) and ImportSettings to ``importFileset``,
 then per file either upload the bytes through the server's uploader or, for in-place
 modes, prove with a placeholder that the server's path is this machine's path and make
 the hardlink/symlink/copy there; hand the checksums to ``verifyUpload`` and wait for
@@ -35,6 +35,7 @@ from omero.model import (
     FilesetI,
     ProjectDatasetLinkI,
     ProjectI,
+    ScreenI,
     UploadJobI,
 )
 from omero.rtypes import rbool, rstring, unwrap
@@ -50,7 +51,8 @@ from omerofs.catalog.omero.handoff import (
 from omerofs.catalog.omero.session import ALL_GROUPS, translate
 from omerofs.catalog.protocol import Experimenter, Fileset, Group
 from omerofs.catalog.sqlite import Database
-from omerofs.errors import CatalogUnavailable, ImportFailed, OmerofsError
+from omerofs.errors import CatalogUnavailable, ImportFailed, OmerofsError, UsageError
+from omerofs.formats import is_plate
 from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset
 from omerofs.ingest.importer import ImportHooks, Target
@@ -94,13 +96,22 @@ def build_fileset(plan: SourceFileset, mode: str) -> Any:
     return fileset
 
 
-def build_settings(dataset_id: int | None, checksum: str = checksums.SHA1) -> Any:
+def build_settings(
+    dataset_id: int | None, checksum: str = checksums.SHA1, screen_id: int | None = None
+) -> Any:
     """ImportSettings: the agreed checksum (what ``verifyUpload`` compares), thumbnails
-    and statistics computed as a default CLI import would, the target dataset if any."""
+    and statistics computed as a default CLI import would, the target if any. As
+    OMERO's ``ImportContainer.fillData``, the target is the container itself: the
+    server's ``TargetProcessor`` links the import's Images to a Dataset, its Plates to
+    a Screen."""
+    assert dataset_id is None or screen_id is None, "one -T names one container"
     settings = omero.grid.ImportSettings()
     settings.doThumbnails = rbool(True)
     settings.noStatsInfo = rbool(False)
-    settings.userSpecifiedTarget = None if dataset_id is None else DatasetI(dataset_id, False)
+    if screen_id is not None:
+        settings.userSpecifiedTarget = ScreenI(screen_id, False)
+    else:
+        settings.userSpecifiedTarget = None if dataset_id is None else DatasetI(dataset_id, False)
     settings.userSpecifiedName = None
     settings.userSpecifiedDescription = None
     settings.userSpecifiedAnnotationList = None
@@ -300,16 +311,24 @@ class OmeroWriter:
         placed: list[Path],
         state: _Progress,
     ) -> None:
+        if target.screen is not None and is_plate(plan.main.path) is None:
+            # OMERO would make the Screen and link nothing (TargetProcessor links only
+            # Plates to a Screen): the images would land orphaned, silently
+            raise UsageError(
+                f"{plan.root}: a Screen target takes plates only, and this is no plate "
+                "(use a Dataset target, or none)"
+            )
         with self._sudo(owner.name, group.name) as client:
             sf = client.getSession()
             ctx = {"omero.group": str(group.id)}
+            screen_id = self._resolve_screen(sf, target, ctx)
             dataset_id = self._resolve_target(sf, target, ctx)
             repo = client.getManagedRepository()
             if repo is None:
                 raise ImportFailed("the OMERO server offers no ManagedRepository")
             checksum = checksums.negotiate(repo)
             proc = repo.importFileset(
-                build_fileset(plan, mode), build_settings(dataset_id, checksum)
+                build_fileset(plan, mode), build_settings(dataset_id, checksum, screen_id)
             )
             try:
                 hashes = []
@@ -351,6 +370,26 @@ class OmeroWriter:
                     os.unlink(os.path.join(directory, name))
 
     # -- steps ---------------------------------------------------------------------------
+
+    def _resolve_screen(self, sf: Any, target: Target, ctx: dict[str, str]) -> int | None:
+        """OMERO's ``-T Screen:name:S`` (``ModelImportTarget``, as for a Dataset): the
+        newest Screen of that name in the import group that the user may link to,
+        created when there is none. The server links the new Plate to it."""
+        if target.screen is None:
+            return None
+        query = sf.getQueryService()
+        params = omero.sys.ParametersI()
+        params.add("name", rstring(target.screen))
+        found = records.newest_linkable(
+            query.findAllByQuery(
+                "select x from Screen x where x.name = :name order by x.id desc", params, ctx
+            )
+        )
+        if found is not None:
+            return found
+        screen = ScreenI()
+        screen.setName(rstring(target.screen))
+        return int(unwrap(sf.getUpdateService().saveAndReturnObject(screen, ctx).getId()))
 
     def _resolve_target(self, sf: Any, target: Target, ctx: dict[str, str]) -> int | None:
         """OMERO's ``-T Dataset:name:D`` (``ModelImportTarget``): the newest Dataset of that
