@@ -39,6 +39,7 @@ from omerofs.ingest.duplicates import earlier_copy
 from omerofs.ingest.failures import is_outcome_unknown, is_transient
 from omerofs.ingest.filesets import SourceFileset, plan_fileset
 from omerofs.ingest.importer import Importer, ImportHooks, Target
+from omerofs.ingest.live import PUBLISH_EVERY, LiveFilesets, LiveState
 from omerofs.ingest.paths import (
     FilesetKey,
     commit_target,
@@ -93,6 +94,9 @@ class IngestService:
         self.staging = config.staging_dir
         self.catalog = importer.catalog
         self.queue = JobQueue(config.catalog_path)
+        self.live = LiveFilesets(config.catalog_path)  # open/settling/waiting, for status
+        self._live_dirty: set[FilesetKey] = set()
+        self._live_changed = trio.Event()
         self.importer = importer
         self.transfer = transfer_mode
         self.tracker = CloseTracker(settle, self.rules.run_settle)
@@ -120,6 +124,7 @@ class IngestService:
         self.paths_changed: Callable[[list[str]], None] = lambda paths: None
 
     def close(self) -> None:
+        self.live.close()
         self.queue.close()
 
     # -- what the FUSE layer asks ----------------------------------------------------
@@ -186,6 +191,7 @@ class IngestService:
         if key is not None:
             self.tracker.opened(key)
             self._waiting.discard(key)
+            self._live_poke(key)
 
     def released(self, rel: str, write_error: int = 0) -> None:
         """A writable handle was closed; ``write_error`` is the errno a write met."""
@@ -205,6 +211,7 @@ class IngestService:
             if key in self._explicit:  # committed while open: closes at its last release
                 self.tracker.commit(key, trio.current_time())
             self._poke()
+            self._live_poke(key)
 
     def changed(self, rel: str) -> None:
         """A staged file was created, written, renamed, truncated or removed."""
@@ -213,6 +220,7 @@ class IngestService:
             self._waiting.discard(key)
             self.tracker.changed(key, trio.current_time())
             self._poke()
+            self._live_poke(key)
         marker = commit_target(rel) is not None and not self._open_markers[rel]
         if marker and self._nursery is not None:  # (renamed into place, or made by mknod)
             self._spawn(self._marker_written, rel)
@@ -239,6 +247,7 @@ class IngestService:
         self._explicit.add(key)
         self._waiting.discard(key)
         self._poke()
+        self._live_poke(key)
 
     async def _marker_written(self, rel: str) -> None:
         """``X.done`` or ``.omerofs-commit`` appeared: commit what it names (once the
@@ -291,6 +300,44 @@ class IngestService:
     def _poke(self) -> None:
         self._wakeup.set()
 
+    def _live_poke(self, key: FilesetKey | None = None) -> None:
+        if key is not None:
+            self._live_dirty.add(key)
+        self._live_changed.set()
+
+    def _live_states(self) -> dict[FilesetKey, LiveState]:
+        """Open, settling (with its deadline as unix time) and waiting filesets now."""
+        now, wall = trio.current_time(), time.time()
+        states: dict[FilesetKey, LiveState] = {
+            key: (state, None if deadline is None else wall + max(0.0, deadline - now))
+            for key, (state, deadline) in self.tracker.live().items()
+        }
+        for key in self._waiting:
+            states.setdefault(key, ("waiting", None))
+        return states
+
+    async def _publish_live(self) -> None:
+        """Keep ``ingest_live`` current for ``omerofs status``: after a change, and every
+        PUBLISH_EVERY s while a handle is open (with kernel passthrough the daemon never
+        sees the writes themselves). A failing write is logged and tried again."""
+        await trio.to_thread.run_sync(self.live.start)
+        while True:
+            states = self._live_states()
+            idle = not any(state == "open" for state, _ in states.values())
+            if idle and not self.live.pending:
+                await self._live_changed.wait()
+                states = self._live_states()
+            self._live_changed = trio.Event()
+            dirty, self._live_dirty = self._live_dirty, set()
+            try:
+                await trio.to_thread.run_sync(
+                    self.live.publish, states, dirty, self.staged.manifest
+                )
+            except Exception:
+                log.exception("could not publish the live filesets for omerofs status")
+                self._live_dirty |= dirty
+            await trio.sleep(PUBLISH_EVERY)
+
     def _spawn(self, task: Callable[..., Awaitable[None]], *args: object) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(self._guarded, task, *args)
@@ -317,6 +364,7 @@ class IngestService:
                 self._spawn(self._retry_at, job.id, job.next_try or 0.0)
             if self._recovering:
                 self._spawn(self._recover_later)
+            self._spawn(self._publish_live)
             unsettled = await trio.to_thread.run_sync(self.unsettled)
             for key in unsettled:
                 self.tracker.changed(key, trio.current_time())
@@ -333,6 +381,7 @@ class IngestService:
                 now = trio.current_time()
                 for key in self.tracker.pop_due(now):
                     self._spawn(self._close, key)
+                    self._live_poke()
                 for root in [r for r, linger in self._lingers.items() if linger.deadline <= now]:
                     self._spawn(self._end_linger, self._lingers.pop(root))
 
@@ -386,6 +435,7 @@ class IngestService:
                 )
                 log.info("%s closed; waiting for a commit (commit-only)", key.root)
             self._waiting.add(key)
+            self._live_poke(key)
             return
         self._waiting.discard(key)
         if not explicit:
@@ -590,7 +640,7 @@ class IngestService:
                 owner,
                 group,
                 job.transfer,
-                Target(key.project, key.dataset),
+                Target(key.project, key.dataset, key.screen),
                 hooks,
                 remove_sources=False,
             )

@@ -60,6 +60,15 @@ class CloseTracker:
     def pending(self, key: FilesetKey) -> bool:
         return key in self._deadline
 
+    def live(self) -> dict[FilesetKey, tuple[str, float | None]]:
+        """Filesets with a handle open (``open``) or waiting out their settle time
+        (``settling``, with the deadline): what only the daemon knows (ingest/live.py)."""
+        found: dict[FilesetKey, tuple[str, float | None]] = {
+            key: ("settling", deadline) for key, deadline in self._deadline.items()
+        }
+        found.update((key, ("open", None)) for key in self._handles)
+        return found
+
     def next_deadline(self) -> float | None:
         while self._due:
             deadline, _, key = self._due[0]
