@@ -48,7 +48,14 @@ def run_checks(config: RepoConfig, catalog: OmeroCatalog) -> list[Check]:
             ),
         )
         skipped = "not run: the server is unreachable"
-        names = ("service account", "sudo", "catalog queries", "event log", "repository files")
+        names = (
+            "service account",
+            "sudo",
+            "catalog queries",
+            "plates and screens",
+            "event log",
+            "repository files",
+        )
         return rows[:1] + [Check(n, False, skipped, rows[0].fix) for n in names] + rows[1:]
     rows.insert(0, Check("server reachable", True, f"logged in as {ec.userName}"))
     rows[1:1] = account_checks(ec) + server_checks(config, catalog)
@@ -116,8 +123,17 @@ def server_checks(config: RepoConfig, catalog: OmeroCatalog) -> list[Check]:
             )
         else:
             rows.append(Check("uid/gid coverage", True, "every OMERO user and group is mapped"))
+        rows.append(plate_check(catalog, snap, filesets))
     except OmerofsError as exc:
         rows.append(Check("catalog queries", False, str(exc), "see the error; report it"))
+        rows.append(
+            Check(
+                "plates and screens",
+                False,
+                "not run: the catalog queries failed",
+                "fix the catalog queries first",
+            )
+        )
         filesets = []
     try:
         last = catalog.last_event_id()
@@ -126,6 +142,31 @@ def server_checks(config: RepoConfig, catalog: OmeroCatalog) -> list[Check]:
         rows.append(Check("event log", False, str(exc), "the account must read EventLog"))
     rows.append(repository_files(config.managed_dir, filesets))
     return rows
+
+
+def plate_check(catalog: OmeroCatalog, snap: Any, filesets: list) -> Check:
+    """The plate queries the view depends on: Screens, Plates and ScreenPlateLinks (read
+    with the people, in ``snap``) and each fileset's plate through ``WellSample ->
+    Image`` (``ws.well.plate.id``), asked for the sampled filesets, or for id 0 (none:
+    OMERO's ids start at 1) on an empty server so the query still meets the server."""
+    ids = [f.id for f in filesets]
+    try:
+        in_plates = catalog.plate_filesets(ids or [0])
+    except OmerofsError as exc:
+        return Check(
+            "plates and screens",
+            False,
+            f"the WellSample -> plate query failed: {exc}",
+            "the service account must read WellSample, Well and Plate; report the error",
+        )
+    linked = {p for _, p in snap.screen_plate}
+    return Check(
+        "plates and screens",
+        True,
+        f"{len(snap.screens)} screens, {len(snap.plates)} plates "
+        f"({len(linked & set(snap.plates))} in a screen); "
+        f"{len(in_plates)} of {len(ids)} sampled filesets are plates",
+    )
 
 
 def repository_files(managed: Path, filesets: list) -> Check:

@@ -2,11 +2,12 @@
 
 The steps OMERO's own importer takes, from Python: as the user who wrote the data (a
 sudo session of the service account), resolve ``-T`` style targets (created when
-missing; a Screen only for a plate, which the server then links to it), send the Fileset (main file first) and ImportSettings to ``importFileset``,
-then per file either upload the bytes through the server's uploader or, for in-place
-modes, prove with a placeholder that the server's path is this machine's path and make
-the hardlink/symlink/copy there; hand the checksums to ``verifyUpload`` and wait for
-the server to finish. Non-upload transfers are recorded as OMERO records them (a
+missing; a Screen only for a plate, which the server then links to it), send the
+Fileset (main file first) and ImportSettings to ``importFileset``, then per file either
+upload the bytes through the server's uploader or, for in-place modes, prove with a
+placeholder that the server's path is this machine's path and make the
+hardlink/symlink/copy there; hand the checksums to ``verifyUpload`` and wait for the
+server to finish. Non-upload transfers are recorded as OMERO records them (a
 fileTransfer CommentAnnotation). If anything fails before the hand-off, every link or
 copy made here is removed again; after it, ``handoff`` decides (the server may have
 imported it already).
