@@ -105,7 +105,7 @@ class IngestOperations(pyfuse3.Operations):
     def _attr(self, node: StagedNode, st: os.stat_result) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
-        attr.generation = 0
+        attr.generation = self.tree.generation  # new at each start: old handles ESTALE
         attr.entry_timeout = ATTR_TIMEOUT
         attr.attr_timeout = ATTR_TIMEOUT
         for name in (

@@ -10,6 +10,10 @@ list is built when a directory is listed and dropped when it changes: most direc
 (one per fileset) are never listed, and a sorted index per directory cost ~1 KB each
 (measured: 4.1 KB per fileset for an admin's tree at 1M).
 
+Nodes live as long as the catalog keeps them, not as long as the kernel holds their
+inodes (FORGET frees nothing), so an inode number stays valid after eviction: what an
+NFS server re-exporting the view needs (docs/shares.md).
+
 For the same reason a fileset's own directory may hold its files only as a compact
 ``pending`` tuple (source paths and sizes) until someone looks inside: the nodes, inode
 numbers and name strings of a million never-opened directories cost ~300 B each.
@@ -25,6 +29,7 @@ from collections.abc import Iterator
 import pyfuse3
 
 from omerofs.errors import NotFound
+from omerofs.fs.staging import start_generation
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 DIR_MODE = stat.S_IFDIR | 0o555
@@ -100,6 +105,9 @@ class InodeTable:
     ) -> None:
         self._nodes: dict[int, Node] = {}
         self._next_inode = ROOT_INODE + 1
+        # numbers are handed out afresh at each start: a new generation makes an NFS
+        # handle from an earlier daemon ESTALE instead of naming whatever has its number
+        self.generation = start_generation()
         self.root = self._register(Node(ROOT_INODE, None, "", uid, gid, mode, mtime_ns))
         self._make_dir(self.root)
 

@@ -66,6 +66,7 @@ class ViewOperations(pyfuse3.Operations):
             refresh_file_stat(node, self.managed_dir)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
+        attr.generation = self.table.generation
         attr.st_mode = node.mode
         attr.st_nlink = 2 if node.is_dir else 1
         attr.st_uid = node.uid
@@ -100,12 +101,15 @@ class ViewOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = await self._dir(parent_inode)
         text = os.fsdecode(name)
-        if text == ".":
-            return self.attributes(parent)
-        if text == "..":
-            return self.attributes(parent.parent or parent)
+        if text in (".", ".."):
+            # Asked by number, for any node (files too), whether or not the kernel still
+            # holds it: how an NFS server reopens a handle after the inode was evicted
+            # (FUSE_EXPORT_SUPPORT, which pyfuse3 asks for). A removed node: ENOENT,
+            # which the kernel turns into ESTALE.
+            node = self.table.get(parent_inode)
+            return self.attributes(node.parent or node if text == ".." else node)
+        parent = await self._dir(parent_inode)
         node = self.table.child(parent, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)

@@ -3,9 +3,17 @@
 Inode numbers are ours (a counter), not the backing filesystem's, and each node knows
 its parent and name, so a rename is one update and a node's path is always current.
 No file descriptor is held per inode (the open-files limit is 20,000 here).
+
+For NFS re-export (docs/shares.md) a number stays valid while its name exists, whether
+or not the kernel still holds the inode, and never names another file in this daemon's
+life (numbers are not reused). ``generation`` is drawn anew at each start: numbers are
+handed out afresh then, so a handle from before a restart gets ESTALE, never the file
+that took its number.
 """
 
 from __future__ import annotations
+
+import os
 
 import pyfuse3
 
@@ -36,6 +44,7 @@ class StagedTree:
         self.root.lookups = 1
         self._nodes: dict[int, StagedNode] = {self.root.inode: self.root}
         self._next = pyfuse3.ROOT_INODE + 1
+        self.generation = start_generation()
 
     def get(self, inode: int) -> StagedNode | None:
         return self._nodes.get(inode)
@@ -78,14 +87,15 @@ class StagedTree:
         new_parent.children[new_name] = node
 
     def forget(self, inode: int, count: int) -> None:
+        """The kernel let go of the inode. A node whose name is still in the staging tree
+        stays (with its number): an NFS server holding a handle of it asks for it again by
+        number (LOOKUP of "."). Only a node that lost its name is dropped."""
         node = self._nodes.get(inode)
         if node is None or node is self.root:
             return
         node.lookups = max(0, node.lookups - count)
         attached = node.parent is not None and node.parent.children.get(node.name) is node
-        if node.lookups == 0 and not (attached and node.children):
-            if attached:
-                del node.parent.children[node.name]
+        if node.lookups == 0 and not attached:
             self._drop(node)
 
     def _drop(self, node: StagedNode) -> None:
@@ -93,3 +103,8 @@ class StagedTree:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+
+def start_generation() -> int:
+    """A 32-bit inode generation for one daemon's life (the kernel keeps 32 bits)."""
+    return int.from_bytes(os.urandom(4), "little") or 1
