@@ -191,26 +191,27 @@ def test_a_plate_imports_as_a_plate(world: World) -> None:
     """The OME-Zarr plate of shared/data (copied): one fileset whose 2 Images are the
     fields of wells A/1 and B/1 (its .zattrs: rows A, B; column 1; field_count 1), a Plate
     named "Plate Name 0"; without a target in no Screen, with ``-T Screen:name:S`` in it."""
+    from omerofs.errors import UsageError
     from tests.test_plates import copy_plate
 
     before = world.catalog.last_event_id()
     made = [world.import_path(copy_plate(world.source_dir / "a"), "alice", "rw", "upload")]
-    screens = world.kind == "local"  # the OMERO writer sends no Screen target yet
-    if screens:
-        made.append(
-            world.import_path(
-                copy_plate(world.source_dir / "b"), "alice", "rw", "upload", "Screen:name:HCS"
-            )
+    made.append(
+        world.import_path(
+            copy_plate(world.source_dir / "b"), "alice", "rw", "upload", "Screen:name:HCS"
         )
+    )
+    tiff = make_tiff(world.source_dir / "no-plate.tif", seed=5)
+    with pytest.raises(UsageError, match="a Screen target takes plates only"):
+        world.import_path(tiff, "alice", "rw", "upload", "Screen:name:HCS")
     snap = world.catalog.snapshot_people()
     for fs in made:
         assert fs.image_count == 2 and not fs.dataset_ids
         assert fs.plate_id in snap.plates and snap.plates[fs.plate_id].name == "Plate Name 0"
         assert snap.plates[fs.plate_id].owner_id == world.user("alice").id
     assert made[0].plate_id not in {p for _, p in snap.screen_plate}
-    if screens:
-        (screen_id,) = [s for s, c in snap.screens.items() if c.name == "HCS"]
-        assert (screen_id, made[1].plate_id) in snap.screen_plate
+    (screen_id,) = [s for s, c in snap.screens.items() if c.name == "HCS"]
+    assert (screen_id, made[1].plate_id) in snap.screen_plate
     changes = world.catalog.changes(before)
     for fs in made:
         assert changes.snapshot.filesets[fs.id].plate_id == fs.plate_id

@@ -7,6 +7,10 @@ fileset it belongs to, and whether it is ignored for now.
     <user>/<Project>/<Dataset>/<dir>/... one multi-file fileset: everything below <dir>
     <user>/@<group>/...                  the same, imported into <group> instead of the
                                          user's default group
+    <user>/[@<group>/]#<Screen>/<plate>  a plate (a file, or a directory with all below
+                                         it) into Screen <Screen>: ``-T Screen:name:S``;
+                                         a ``#`` directory there is never a Project or
+                                         Dataset (``#`` is valid on Windows and Samba)
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import fnmatch
 from dataclasses import dataclass
 
 IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "~*", "*~", "*.swp")
+# Dot names that are data: Zarr v2's metadata (an OME-Zarr image or plate is unreadable
+# without them). A writer's temporary copy of one (rsync's ``..zattrs.Xy12``) stays hidden.
+ZARR_METADATA = frozenset({".zattrs", ".zarray", ".zgroup", ".zmetadata"})
 # What desktops leave behind (compared in lower case): never imported, never a failure.
 # Dot names (.DS_Store, ._*, .Trashes, .Spotlight-V100, .fseventsd) and Office locks
 # (~$*) are already hidden or temporary names.
@@ -33,6 +40,7 @@ CLUTTER_PATTERNS = (
 )
 ERROR_REPORT_SUFFIX = ".import-error.txt"
 GROUP_PREFIX = "@"
+SCREEN_PREFIX = "#"
 # Commit markers: ``X.done`` beside a fileset X, or ``.omerofs-commit`` in a directory,
 # close what they name at once; ``.omerofs-commit-only`` in a directory makes everything
 # below it wait for such a commit (software that writes with long pauses).
@@ -44,6 +52,8 @@ COMMIT_ONLY_MARKER = ".omerofs-commit-only"
 def is_ignored_name(name: str) -> bool:
     """Hidden and temporary names wait until renamed to a real name; desktop clutter,
     our reports and commit markers are never imported."""
+    if name in ZARR_METADATA:
+        return False
     if name.endswith((ERROR_REPORT_SUFFIX, DONE_SUFFIX)):
         return True
     if any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS):
@@ -81,6 +91,17 @@ class FilesetKey:
     def error_report(self) -> str:
         return self.root + ERROR_REPORT_SUFFIX
 
+    @property
+    def screen(self) -> str | None:
+        """The Screen of a ``<user>/[@<group>/]#<Screen>/<plate>`` fileset, read from its
+        root (so a queue row, which keeps the root, needs no column of its own)."""
+        parts = self.root.split("/")[1:]
+        if parts and parts[0].startswith(GROUP_PREFIX):
+            parts = parts[1:]
+        if len(parts) >= 2 and parts[0].startswith(SCREEN_PREFIX):
+            return parts[0][len(SCREEN_PREFIX) :]
+        return None
+
 
 def fileset_of(rel_path: str) -> FilesetKey | None:
     """The fileset a regular file at ``rel_path`` belongs to; None if it is ignored."""
@@ -96,6 +117,10 @@ def fileset_of(rel_path: str) -> FilesetKey | None:
         rest = rest[1:]
         if not rest or not group:
             return None
+    if rest[0].startswith(SCREEN_PREFIX) and len(rest) >= 2:
+        if rest[0] == SCREEN_PREFIX:
+            return None  # "#" alone names no screen
+        return FilesetKey(user, group, None, None, "/".join(prefix + rest[:2]), len(rest) > 2)
     depth = len(rest)
     project = rest[0] if depth >= 3 else None
     dataset = rest[-2] if depth in (2, 3) else (rest[1] if depth >= 4 else None)
