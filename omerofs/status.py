@@ -54,6 +54,7 @@ def report(config: RepoConfig, limit: int, daemons: list[dict[str, Any]]) -> dic
         "repository": str(config.root),
         "daemons": daemons,
         "users": {},
+        "open": [],
         "in_flight": [],
         "waiting": [],
         "recent_imports": [],
@@ -68,6 +69,8 @@ def report(config: RepoConfig, limit: int, daemons: list[dict[str, Any]]) -> dic
     try:
         with store.reading() as db:
             tables = _tables(db)
+            if "ingest_live" in tables:
+                result["open"] = _live(db)
             if "ingest_jobs" not in tables:
                 return result
             columns = {r[1] for r in db.execute("PRAGMA table_info(ingest_jobs)")}
@@ -130,6 +133,40 @@ def _jobs(db: sqlite3.Connection, columns: set[str]) -> list[dict]:
         job["job"] = job.pop("id")
         out.append(job)
     return out
+
+
+def _live(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Filesets only the ingest daemon knows (ingest/live.py): open, settling, waiting
+    for a commit. Rows of a daemon that no longer runs are stale: left out."""
+    out = []
+    for root, user, is_dir, state, since, deadline, files, size, pid in db.execute(
+        "SELECT root, user, is_dir, state, since, deadline, files, bytes, pid "
+        "FROM ingest_live ORDER BY since, root"
+    ):
+        if not _running(pid):
+            continue
+        out.append(
+            {
+                "user": user,
+                "path": root + ("/" if is_dir else ""),
+                "state": state,
+                "since": _when(since),
+                "deadline": _when(deadline),
+                "files": files,
+                "bytes": size,
+            }
+        )
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _public(job: dict) -> dict[str, Any]:
@@ -250,6 +287,7 @@ def render(rep: dict[str, Any]) -> str:
     else:
         out.append("(no ingest jobs yet)")
     sections = (
+        ("OPEN AND SETTLING", rep.get("open", []), _open_line),
         ("IN FLIGHT", rep["in_flight"], _in_flight_line),
         ("WAITING", rep["waiting"], _waiting_line),
         ("RECENT IMPORTS", rep["recent_imports"], _import_line),
@@ -267,6 +305,17 @@ def render(rep: dict[str, Any]) -> str:
     if rep["acknowledged"]:
         out.append(f"({rep['acknowledged']} acknowledged failure(s) not shown)")
     return "\n".join(out)
+
+
+def _open_line(f: dict) -> str:
+    """``open since 14:02:11``, ``settling until 14:03:12``, ``waiting for a commit``."""
+    if f["state"] == "settling" and f["deadline"]:
+        state = f"settling until {_clock(f['deadline'])}"
+    elif f["state"] == "waiting":
+        state = f"waiting for a commit since {_clock(f['since'])}"
+    else:
+        state = f"{f['state']} since {_clock(f['since'])}"
+    return f"{f['user']}  {f['path']}  {state}, {f['files']} file(s), {human_bytes(f['bytes'])}"
 
 
 def _in_flight_line(j: dict) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
 import time
 from datetime import datetime
 
@@ -18,6 +20,7 @@ from tests.conftest import run_cli
 
 REPORT_KEYS = {
     "version",
+    "open",  # added within version 1 (docs/cli.md)
     "repository",
     "daemons",
     "users",
@@ -175,3 +178,59 @@ def test_retries_and_holds_say_when_and_why(jobs) -> None:
     assert f"retrying at {clock} (1 try): No space left on device" in text
     assert "alice/held.tif  incomplete: 2 of 3 planes present" in text
     assert "WARNING" not in text
+
+
+def test_open_and_settling_filesets_from_the_daemon(populated) -> None:
+    """Rows the ingest daemon publishes (ingest/live.py), written by its own class here;
+    a killed daemon's leftover row is not shown."""
+    from omerofs.ingest.live import LiveFilesets
+
+    config = populated.config
+    live = LiveFilesets(config.catalog_path)
+    try:
+        run = FilesetKey("alice", None, "P", "D", "alice/P/D/run1", True)
+        one = FilesetKey("bob", None, None, None, "bob/x.tif", False)
+        deadline = time.time() + 300
+        live.publish(
+            {run: ("open", None), one: ("settling", deadline)},
+            {run, one},
+            lambda key: {"a": (1000, 1), "b": (24, 1)} if key.is_dir else {"x": (10, 1)},
+        )
+        proc = subprocess.Popen(["true"])  # a pid that has ended: a killed daemon's row
+        proc.wait()
+        db = sqlite3.connect(config.catalog_path)
+        with db:
+            db.execute(
+                "INSERT INTO ingest_live VALUES ('carol/old.tif', 'carol', 0, 'open', 1, NULL, "
+                "1, 1, 1, ?)",
+                (proc.pid,),
+            )
+        db.close()
+        report = json.loads(status(populated, "--json").stdout)
+        text = status(populated).stdout
+    finally:
+        live.close()
+    assert report["open"] == [
+        {
+            "user": "alice",
+            "path": "alice/P/D/run1/",
+            "state": "open",
+            "since": report["open"][0]["since"],
+            "deadline": None,
+            "files": 2,
+            "bytes": 1024,
+        },
+        {
+            "user": "bob",
+            "path": "bob/x.tif",
+            "state": "settling",
+            "since": report["open"][1]["since"],
+            "deadline": datetime.fromtimestamp(deadline).isoformat(timespec="seconds"),
+            "files": 1,
+            "bytes": 10,
+        },
+    ]
+    assert "OPEN AND SETTLING" in text
+    assert "alice  alice/P/D/run1/  open since " in text and "2 file(s), 1.0 KiB" in text
+    assert "bob  bob/x.tif  settling until " in text
+    assert "carol" not in text
