@@ -675,9 +675,13 @@ class IngestService:
         """The catalog committed the import (with the job: ``on_commit``), then a later
         step failed (an OMERO server gone before the fileset could be read back). It is
         imported: failing or retrying it would import it twice. Kept, with a warning."""
-        fileset_id = self.queue.job(job.id).fileset_id
         warning = f"imported, then: {exc}"
-        self.queue.set_warning(job.id, warning)
+        fileset_id = None
+        try:
+            fileset_id = self.queue.job(job.id).fileset_id
+            self.queue.set_warning(job.id, warning)
+        except Exception:  # the import stands; the report and the log still say it
+            log.exception("could not record the warning of job %d", job.id)
         self._write_report(job, warning, kind="warning", fileset_id=fileset_id)
         log.warning(
             "ingest job %d: %s imported as fileset %s (%s) with a warning: %s",
