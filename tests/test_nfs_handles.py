@@ -36,8 +36,8 @@ class FileHandle(ctypes.Structure):
 def name_to_handle(path: Path) -> tuple[FileHandle, int]:
     handle = FileHandle(MAX_HANDLE_SZ, 0)
     mount_id = ctypes.c_int()
-    if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(handle),
-                               ctypes.byref(mount_id), 0) != 0:  # fmt: skip
+    name = os.fsencode(path)
+    if _libc.name_to_handle_at(AT_FDCWD, name, ctypes.byref(handle), ctypes.byref(mount_id), 0):
         raise OSError(ctypes.get_errno(), f"name_to_handle_at {path}")
     return handle, mount_id.value
 
