@@ -953,11 +953,11 @@ class IngestService:
                 except Exception as exc:
                     self._defer_recovery(job, exc, attempt)
                     continue
-                del self._recovering[job_id]
+                settled = await trio.to_thread.run_sync(self.queue.job, job_id)
+                del self._recovering[job_id]  # busy until here, then read-only or lingering
                 self._importing.difference_update([job.key.root, *job.manifest])
                 self._importing_roots.discard(job.key.root)
                 if state == "imported":
-                    settled = await trio.to_thread.run_sync(self.queue.job, job_id)
                     self._after(settled, (settled.fileset_id, None))
                 elif state == "queued":
                     self._spawn(self._run_job, job_id)
