@@ -296,3 +296,35 @@ def test_ingest_daemon_runs_the_notifier(populated, mount_view, world_dir) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _in_mount_table(mountpoint: Path) -> bool:
+    """Mounted, by the kernel's table alone: a stat could wait for the daemon."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(mountpoint) for line in f)
+
+
+@needs_fuse
+@needs_root
+@pytest.mark.parametrize("role", ["mount", "ingest"])
+def test_sigterm_while_starting_still_unmounts_cleanly(populated, world_dir, role) -> None:
+    """systemd may stop a daemon the moment it starts: a SIGTERM that comes once the
+    mount exists but before the loop answers anything (or watches for signals) is held,
+    then unmounts cleanly; it neither kills the daemon (a stale mount) nor hangs it (a
+    stat of its own root that nobody answers). Several rounds: the timing varies."""
+    for round_ in range(4):
+        mp = world_dir / f"{role}-{round_}"
+        mp.mkdir()
+        proc = daemon(populated.config.root, role, str(mp))
+        try:
+            deadline = time.monotonic() + 30
+            while not _in_mount_table(mp):
+                assert proc.poll() is None and time.monotonic() < deadline, "did not mount"
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert not _in_mount_table(mp)
+        finally:
+            if proc.poll() is None:  # hung: free its mount first, or this stat hangs too
+                subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+            stop(proc, mp)

@@ -140,9 +140,12 @@ async def _tune_after_init(
     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A stat of our own root returns only after FUSE_INIT is done (requests wait for
-    it); only then does a raised readahead survive."""
+    it); only then does a raised readahead survive. Abandoned on cancel: a SIGTERM that
+    ends the loop before it answered this very stat would otherwise leave trio waiting
+    for the thread, and the thread for the loop, for ever (a hung daemon whose mount
+    blocks every access); the thread ends with ENOTCONN once the mount is closed."""
     task_status.started()
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kb)
     log.info("read_ahead_kb of %s set to %d", mountpoint, read_ahead_kb)
     log.info("kernel passthrough: %s", backings.describe())
@@ -153,6 +156,7 @@ async def _tune_after_init(
 
 
 LOAD_CHUNK = 20_000  # filesets per catalog query when a tree is built
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def fileset_loader(catalog: Catalog, chunk: int = LOAD_CHUNK) -> FilesetLoader:
@@ -186,9 +190,11 @@ def serve_view(
     config: RepoConfig, mountpoint: Path, passthrough: bool = True, metrics: str | None = None
 ) -> None:
     """Mount the read-only view and serve it until unmounted or signalled."""
-    mountpoint = prepare_mountpoint(mountpoint)
-    with DaemonLock.acquire(config, "view", mountpoint) as lock:
-        _serve_view(config, mountpoint, passthrough, metrics or os.environ.get(METRICS_ENV), lock)
+    metrics = metrics or os.environ.get(METRICS_ENV)
+    with _stop_signals_held():
+        mountpoint = prepare_mountpoint(mountpoint)
+        with DaemonLock.acquire(config, "view", mountpoint) as lock:
+            _serve_view(config, mountpoint, passthrough, metrics, lock)
 
 
 def _serve_view(
@@ -227,7 +233,7 @@ def serve_ingest(
 ) -> None:
     """Mount the writable ingest area and serve it until unmounted or signalled. One per
     repository: a second one fails naming the first (its pid and mountpoint)."""
-    with DaemonLock.acquire(config, "ingest", mountpoint) as lock:
+    with _stop_signals_held(), DaemonLock.acquire(config, "ingest", mountpoint) as lock:
         _serve_ingest(
             config,
             prepare_mountpoint(mountpoint),
@@ -285,6 +291,19 @@ def _serve_ingest(
     finally:
         service.close()
         backend.close()
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold stop signals (SIGTERM, SIGINT, SIGHUP) from here until the loop watches for
+    them (_watch_signals unblocks them): one that comes while the daemon starts then
+    unmounts it cleanly instead of killing it half-started with its mount left behind.
+    Set before any thread starts (the metrics server's), which inherits the mask."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _ingest_operations(account_uid: int) -> type[IngestOperations]:
@@ -427,15 +446,17 @@ def _serve(
 
 async def _main(tasks: list) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals)
+        await nursery.start(_watch_signals)
         for task in tasks:
             await nursery.start(task)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _watch_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+async def _watch_signals(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held ones arrive now
+        task_status.started()
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
             sdnotify.notify("STOPPING=1")
