@@ -189,7 +189,7 @@ def sbin_helper():
 def _unmount_and_reap(config, mountpoint: Path) -> None:
     """Teardown for daemons mount(8) started: unmount, then end the daemon by its pid."""
     pids = [d.pid for d in running_daemons(config) if d.mountpoint == str(mountpoint)]
-    if os.path.ismount(mountpoint):
+    if _in_mount_table(mountpoint):
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
     for pid in pids:
         deadline = time.monotonic() + 10
