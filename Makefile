@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 REPO ?= var/repo
 VIEW ?= mnt/view
 
-.PHONY: run test deps omero lint bench clean install-units
+.PHONY: run test test-services deps omero lint bench clean install-units
 
 # what the embedded backend needs (pyfuse3 patched and built once into a cache)
 deps:
@@ -25,7 +25,12 @@ run: deps
 lint: deps
 	$(PY) -m ruff check omerofs tests tools
 
-test: deps omero lint
+# the real servers the share tests start on loopback (smbd, ganesha.nfsd): Debian packages
+test-services:
+	@bash tools/install-samba.sh
+	@bash tools/install-ganesha.sh
+
+test: deps omero lint test-services
 	$(PY) -m pytest -q tests
 
 # Benchmarks against the native filesystem (root, FUSE, ~15 min, several GB in /var/tmp).

@@ -17,25 +17,6 @@ compgen -G "/usr/lib/*/ganesha/libfsalvfs.so" >/dev/null || need+=(nfs-ganesha-v
 command -v nfs-cat >/dev/null || need+=(libnfs-utils)
 command -v mount.nfs4 >/dev/null || need+=(nfs-common)
 [ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-  echo "omerofs: NFS (${need[*]}) is missing; install it as root: apt-get install ${need[*]}" >&2
-  exit 0  # the NFS tests skip with this reason; nothing else needs it
-fi
-policy=/usr/sbin/policy-rc.d
-placed=
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod 755 "$policy"
-  placed=1
-fi
-cleanup() { [ -n "$placed" ] && rm -f "$policy"; return 0; }
-trap cleanup EXIT
-log=/tmp/omerofs-install-ganesha.log
-echo "omerofs: installing ${need[*]} (Debian packages, for the NFS re-export tests)"
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -q --no-install-recommends "${need[@]}" >"$log" 2>&1; then
-  apt-get update -q >>"$log" 2>&1 || true
-  apt-get install -y -q --no-install-recommends "${need[@]}" >>"$log" 2>&1 \
-    || { echo "omerofs: installing nfs-ganesha failed (log: $log)" >&2; exit 1; }
-fi
-echo "omerofs: nfs-ganesha ready"
+# shellcheck source=tools/lib.sh
+. "$(dirname "$0")/lib.sh"
+apt_install_services "NFS re-export" /tmp/omerofs-install-ganesha.log "${need[@]}"

@@ -68,3 +68,33 @@ build_failed() {  # build_failed LOG WHAT: show the end of a kept build log, the
   echo "omerofs: building $2 failed; last 30 lines above, the whole log is kept at $1" >&2
   exit 1
 }
+
+apt_install_services() {  # apt_install_services WHAT LOG PKG...: install Debian packages
+  # that bring a server the tests start themselves (smbd, ganesha.nfsd), without letting the
+  # packages' scripts start the system's own: a policy-rc.d answering 101 is in place for the
+  # install when none exists. apt-get update only when the first try fails (an old list).
+  local what=$1 log=$2
+  shift 2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "omerofs: $what (${*}) is missing; install it as root: apt-get install $*" >&2
+    return 0  # the tests that need it skip with this reason; nothing else needs it
+  fi
+  local policy=/usr/sbin/policy-rc.d placed=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    placed=1
+  fi
+  echo "omerofs: installing $* (Debian packages, for the $what tests)"
+  local status=0
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -q --no-install-recommends "$@" >"$log" 2>&1; then
+    apt-get update -q >>"$log" 2>&1 || true
+    apt-get install -y -q --no-install-recommends "$@" >>"$log" 2>&1 || status=$?
+  fi
+  [ -n "$placed" ] && rm -f "$policy"
+  if [ "$status" -ne 0 ]; then
+    echo "omerofs: installing $what failed (log: $log)" >&2
+    return 1
+  fi
+}
