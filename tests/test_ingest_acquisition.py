@@ -5,8 +5,10 @@ failures, desktop clutter and second copies. Real mounts, real writers as their 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from omerofs.ingest.queue import JobQueue
 from omerofs.ingest.transfer import sha1_file
 from tests import test_ingest_mount as mount_tests
 from tests.conftest import Repo, as_user, make_tiff, needs_fuse, needs_root, wait_for
-from tests.test_ingest_mount import filesets_from, set_ingest, sh, wait_state, xattr
+from tests.test_ingest_mount import UIDS, filesets_from, set_ingest, sh, wait_state, xattr
 
 pytestmark = [needs_fuse, needs_root]
 ingest = mount_tests.ingest  # the fixtures: an ingest mount with [ingest] keys, sources
@@ -120,6 +122,29 @@ def test_file_reopened_to_append_after_its_import_is_not_pulled(populated, inges
     second = filesets(populated)[1]
     assert second.entries[0].size == img.stat().st_size + 1000
     assert second.entries[0].hash == sha1_file(target)
+
+
+def test_reopened_imported_file_is_the_writers_own_on_disk(populated, ingest, src) -> None:
+    """ln_rm seals the staged inode (it is the original's); a writer who reopens the
+    lingering name gets a copy that is theirs on disk (owner of staging/alice, owner
+    write bit), not root's 0444: with attributes fresh from the daemon (drop_caches)
+    they still may write it, and its next import takes what they wrote."""
+    img = make_tiff(src / "again.tif", shape=(2, 32, 32), seed=6)
+    mp = ingest("ln_rm", settle=3600, linger=60)  # nothing closes unless committed
+    target = mp / "alice/D/again.tif"
+    staged = populated.config.staging_dir / "alice/D/again.tif"
+    sh("alice", f"mkdir -p {target.parent} && cp {img} {target}")
+    os.setxattr(target, "user.omerofs.commit", b"1")
+    wait_state(target, "imported")
+    assert os.stat(staged).st_uid == 0  # sealed: the ManagedRepository's inode
+    sh("alice", f"head -c 1000 /dev/urandom >> {target}")
+    st = os.stat(staged)
+    assert st.st_uid == UIDS["alice"] and st.st_mode & stat.S_IWUSR, (st.st_uid, oct(st.st_mode))
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # attributes fresh from the daemon
+    sh("alice", f"test -w {target} && echo more >> {target}")
+    os.setxattr(target, "user.omerofs.commit", b"1")
+    wait_for(lambda: len(filesets(populated)) == 2, timeout=30, what="the reopened file's import")
+    assert filesets(populated)[1].entries[0].size == img.stat().st_size + 1000 + 5
 
 
 def test_commit_only_waits_for_a_commit(populated, ingest, src) -> None:

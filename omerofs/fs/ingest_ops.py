@@ -72,8 +72,13 @@ class IngestOperations(pyfuse3.Operations):
         is_member: Callable[[str, str], bool],
         readable_xattrs: bool = False,
         passthrough: bool = False,
+        *,
+        sealed_uid: int = -1,
     ) -> None:
         super().__init__()
+        # The owner of sealed originals (the ManagedRepository directory's: root, or the
+        # OMERO server's account; -1 unknown): see _attr.
+        self.sealed_uid = sealed_uid
         self.backings = Backings(passthrough)
         # False: getxattr/listxattr answer ENOSYS, so the kernel stops asking for
         # security.capability before every write(2): small writes get ~10x faster, and
@@ -122,7 +127,29 @@ class IngestOperations(pyfuse3.Operations):
         ):
             setattr(attr, name, getattr(st, name))
         attr.st_blksize = 1 << 20
+        if node is self.tree.root:
+            # On disk the staging directory is root's and 0700 (ownership.py): users reach
+            # their staged files only through the mount, where each user's own 0700
+            # directory guards them.
+            attr.st_mode = stat.S_IFDIR | 0o755
+        elif st.st_uid == self.sealed_uid and stat.S_ISREG(st.st_mode):
+            self._show_as_writers(node, attr)
         return attr
+
+    def _show_as_writers(self, node: StagedNode, attr: pyfuse3.EntryAttributes) -> None:
+        """A staged file sealed by an in-place import (the repository account's, no write
+        bit: ingest/transfer.py) is shown as its writer's (the owner of their
+        ``staging/<user>``) and owner-writable: the writer still reads it whatever their
+        umask was, and a write reaches the service, which refuses it (EPERM) or gives
+        them a copy of their own (a lingering ``*_rm`` name), instead of the kernel
+        answering EACCES from the sealed mode once its cached attributes expire."""
+        try:
+            writer = os.lstat(self._path(node.rel().split("/", 1)[0]))
+        except OSError:
+            return
+        if writer.st_uid != self.sealed_uid:
+            attr.st_uid, attr.st_gid = writer.st_uid, writer.st_gid
+            attr.st_mode |= stat.S_IWUSR
 
     def _entry(self, parent: StagedNode, name: str) -> pyfuse3.EntryAttributes:
         node = self.tree.child(parent, name)

@@ -15,7 +15,6 @@ import faulthandler
 import logging
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -258,6 +257,7 @@ def _serve_ingest(
     metrics: str | None,
     lock: DaemonLock,
 ) -> None:
+    from omerofs.fs.ingest_ops import IngestOperations
     from omerofs.ingest.service import IngestService
     from omerofs.ingest.writers import ignore_lease_breaks
 
@@ -270,8 +270,13 @@ def _serve_ingest(
     try:
         service.recover()
         ensure_user_dirs(config, catalog)
-        ops = _ingest_operations(_owner_uid(config.managed_dir))(
-            service, config.staging_dir, catalog.is_member, readable_xattrs, passthrough
+        ops = IngestOperations(
+            service,
+            config.staging_dir,
+            catalog.is_member,
+            readable_xattrs,
+            passthrough,
+            sealed_uid=_owner_uid(config.managed_dir),
         )
 
         async def follow_users(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -304,44 +309,6 @@ def _stop_signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-def _ingest_operations(account_uid: int) -> type[IngestOperations]:
-    """The ingest handlers, with two corrections of what lstat says (they belong in
-    IngestOperations._attr; kept here until they move there):
-
-    - the mount's root is shown as 0755: on disk the staging directory is root's and
-      0700 (ownership.py), so that users reach their staged files only through the
-      mount, where each user's own 0700 directory guards them;
-    - a staged file sealed by an in-place import (owned by the repository's account,
-      no write bit: ingest/transfer.py) is shown as its writer's (the owner of their
-      ``staging/<user>`` directory) and owner-writable, so the writer still reads it
-      whatever their umask was, and a write reaches the service, which refuses it
-      (EPERM) or gives the writer a copy of their own (a lingering ``*_rm`` name),
-      instead of the kernel answering EACCES from the sealed mode.
-    """
-    from omerofs.fs.ingest_ops import IngestOperations
-
-    class GuardedStaging(IngestOperations):
-        def _attr(self, node, st):  # noqa: ANN001, ANN202 - IngestOperations._attr
-            attr = super()._attr(node, st)
-            if node is self.tree.root:
-                attr.st_mode = stat.S_IFDIR | 0o755
-            elif st.st_uid == account_uid and stat.S_ISREG(st.st_mode):
-                writer = self._writer_of(node)
-                if writer is not None and writer.st_uid != account_uid:
-                    attr.st_uid, attr.st_gid = writer.st_uid, writer.st_gid
-                    attr.st_mode = st.st_mode | stat.S_IWUSR
-            return attr
-
-        def _writer_of(self, node) -> os.stat_result | None:  # noqa: ANN001 - a StagedNode
-            user = node.rel().split("/", 1)[0]
-            try:
-                return os.lstat(self._path(user))
-            except OSError:
-                return None
-
-    return GuardedStaging
 
 
 def _owner_uid(directory: Path) -> int:

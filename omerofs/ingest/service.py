@@ -153,7 +153,8 @@ class IngestService:
         ManagedRepository copy, which must never change), and what it writes becomes a
         new import; the earlier one keeps what it had."""
         rel = rel.strip("/")
-        await trio.to_thread.run_sync(self._copy_up, self.staging / rel, truncate)
+        writer_dir = self.staging / rel.split("/", 1)[0]
+        await trio.to_thread.run_sync(self._copy_up, self.staging / rel, writer_dir, truncate)
         self._lingering.discard(rel)
         for linger in self._lingers.values():
             linger.files.pop(rel, None)
@@ -165,16 +166,21 @@ class IngestService:
         )
 
     @staticmethod
-    def _copy_up(path: Path, truncate: bool) -> None:
+    def _copy_up(path: Path, writer_dir: Path, truncate: bool) -> None:
+        """The copy is the writer's (the owner of ``staging/<user>``) and owner-writable
+        on disk: the imported inode it replaces may be sealed (root's, 0444), and a mode
+        copied from it would make the writer's own new file read-only to them."""
         st = os.lstat(path)
+        writer = os.lstat(writer_dir)
+        mode = stat.S_IMODE(st.st_mode) & 0o777 | stat.S_IWUSR
         tmp = path.with_name(f".{path.name}.omerofs-reopened")
         if truncate:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(st.st_mode))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             os.close(fd)
         else:
             shutil.copyfile(path, tmp)
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, mode)
+        os.chown(tmp, writer.st_uid, writer.st_gid)
         os.replace(tmp, path)
 
     async def dropped(self, rel: str) -> None:
