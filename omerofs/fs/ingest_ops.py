@@ -152,8 +152,10 @@ class IngestOperations(pyfuse3.Operations):
             attr.st_mode |= stat.S_IWUSR
 
     def _entry(self, parent: StagedNode, name: str) -> pyfuse3.EntryAttributes:
+        """A node only for a name that exists: lstat first (a failed lookup leaves none)."""
+        st = os.lstat(self._path(_join(parent.rel(), name)))
         node = self.tree.child(parent, name)
-        attr = self._attr(node, os.lstat(self._path(node.rel())))
+        attr = self._attr(node, st)
         node.lookups += 1
         return attr
 
@@ -480,11 +482,12 @@ class IngestOperations(pyfuse3.Operations):
             return
         for index in range(start_id, len(names)):
             name = names[index]
-            node = self.tree.child(directory, name)
-            try:
-                attr = self._attr(node, os.lstat(self._path(node.rel())))
+            try:  # gone since opendir: skipped, and no node made for it
+                st = os.lstat(self._path(_join(rel, name)))
             except FileNotFoundError:
                 continue
+            node = self.tree.child(directory, name)
+            attr = self._attr(node, st)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
                 break
             node.lookups += 1
@@ -599,6 +602,10 @@ class IngestOperations(pyfuse3.Operations):
             if not os.path.lexists(self._path(rel)):
                 self.tree.detach(parent, name)
             pyfuse3.invalidate_entry_async(parent.inode, os.fsencode(name))
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
 
 
 def _text(value: int | None) -> str | None:
