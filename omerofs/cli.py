@@ -318,7 +318,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         str(settle),
         "--concurrency",
         str(concurrency),
-        "--xattrs" if xattrs else "--no-xattrs",
+        *([] if xattrs is None else ["--xattrs" if xattrs else "--no-xattrs"]),  # None: auto
         *([] if passthrough else ["--no-passthrough"]),
     ]
     pid = mount.spawn_daemon(config, Path(args.mountpoint), extra)
@@ -980,14 +980,15 @@ omerofs ingest /mnt/ingest --transfer cp --settle 30 --concurrency 4""",
         "--xattrs",
         action="store_true",
         default=None,
-        help="readable state xattrs (user.omerofs.*): every write(2) then costs a round trip",
+        help="readable state xattrs (user.omerofs.*) even where the kernel does not grant "
+        "KILLPRIV_V2 (every write(2) then costs a round trip); default: [ingest] xattrs (auto)",
     )
     xattrs.add_argument(
         "--no-xattrs",
         dest="xattrs",
         action="store_false",
         default=None,
-        help="no readable xattrs (the default)",
+        help="no readable xattrs (default: on only where the kernel grants KILLPRIV_V2)",
     )
     p.add_argument("--no-passthrough", action="store_true", help=NO_PASSTHROUGH_HELP)
     p.add_argument("--foreground", action="store_true", help="serve in this process")

@@ -32,6 +32,7 @@ class Key:
     maximum: float | None = None
     above: float | None = None  # exclusive minimum
     choices: tuple[str, ...] = ()
+    booleans: bool = False  # a str choice key that also takes true/false (as "true"/"false")
     absolute_path: bool = False
     check: Callable[[Any], None] | None = None  # raises UsageError with a reason
     example: str | None = None  # shown (commented out) for an optional key
@@ -39,6 +40,8 @@ class Key:
     def parse(self, value: Any, where: str) -> Any:
         """``value`` from the file, checked; or UsageError naming the key."""
         fail = f"{where} {self.name}"
+        if self.booleans and isinstance(value, bool):
+            value = "true" if value else "false"
         ok_type = isinstance(value, self.kind) and not (
             isinstance(value, bool) and self.kind is not bool
         )

@@ -40,7 +40,7 @@ GLOBAL = {
 
 # Windows metadata on the ingest mount: DOS attributes in user.DOSATTRIB, alternate data
 # streams in user.DosStream.*, NT ACLs in security.NTACL: all kept on the staging file
-# (needs readable xattrs: [ingest] xattrs = true).
+# (needs readable xattrs: [ingest] xattrs = "auto" on Linux >= 5.11, or true).
 INGEST = {
     "read only": "no",
     "vfs objects": "acl_xattr streams_xattr",
@@ -116,7 +116,7 @@ def smb_conf(
         "# Each user below needs a unix account with the catalog's uid and a Samba",
         "# password: useradd -u UID NAME; smbpasswd -a NAME.",
         "# users: " + ", ".join(f"{e.name}={e.uid}" for e in users),
-        *(_XATTRS_OFF if ingest_mount is not None and not config.ingest_xattrs else []),
+        *(_XATTRS_OFF if ingest_mount is not None and config.ingest_xattrs is False else []),
         "",
         *_section("global", {**GLOBAL, **(global_overrides or {})}),
     ]

@@ -59,7 +59,8 @@ def _edit(root: Path, old: str, new: str) -> None:
         ),
         ('transfer = "upload"', 'transfer = "scp"', "[import] transfer must be one of"),
         ("[view]", "view = 3\n[view]", "[ingest] unknown key 'view'"),
-        ("xattrs = false", "xattrs = [", "omerofs.toml: "),
+        ('xattrs = "auto"', "xattrs = [", "omerofs.toml: "),
+        ('xattrs = "auto"', 'xattrs = "yes"', "[ingest] xattrs must be one of auto, true, false"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_key(cfg, old, new, words) -> None:

@@ -279,14 +279,17 @@ def test_slow_temp_file_holds_its_directory_fileset_open(populated, ingest, src)
 
 
 def test_default_no_xattrs_still_commits_and_reports(populated, mount_view, src) -> None:
-    """By default state is not readable as xattrs (so the kernel stops asking before every
-    write), but the commit action and the error report still work."""
+    """With --no-xattrs state is not readable as xattrs (so the kernel stops asking before
+    every write, where it does not grant KILLPRIV_V2), but the commit action and the
+    error report still work."""
     img = make_tiff(src / "nx.tif")
     bad = src / "nxbad.tif"
     bad.write_bytes(b"garbage")
-    mp = mount_view(
-        populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "3600")
-    ).mountpoint
+    daemon = mount_view(
+        populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "3600", "--no-xattrs")
+    )
+    mp = daemon.mountpoint
+    wait_for(lambda: "readable xattrs: off (forced" in daemon.log.read_text(), what="the log")
     sh("alice", f"cp {img} {mp}/alice/nx.tif && cp {bad} {mp}/alice/nxbad.tif")
     with pytest.raises(OSError):
         os.getxattr(mp / "alice/nx.tif", "user.omerofs.state")
@@ -300,6 +303,35 @@ def test_default_no_xattrs_still_commits_and_reports(populated, mount_view, src)
     report = mp / "alice/nxbad.tif.import-error.txt"
     wait_for(report.exists, timeout=30, what="the error report")
     assert "unknown or unreadable" in report.read_text()
+
+
+def test_xattrs_auto_follows_the_kernels_killpriv_v2(populated, mount_view, src) -> None:
+    """The default ([ingest] xattrs = "auto"): readable state xattrs where the kernel
+    granted KILLPRIV_V2 at INIT (they then cost a capability query per file, not per
+    write: docs/shares.md), none where it did not; the start-up log says which and why."""
+    import pyfuse3
+
+    if not hasattr(pyfuse3, "killpriv_v2_enabled"):
+        pytest.skip("pyfuse3 without omerofs's patch (tools/pyfuse3-passthrough)")
+    assert '\nxattrs = "auto"\n' in (populated.config.root / "omerofs.toml").read_text()
+    img = make_tiff(src / "auto.tif")
+    daemon = mount_view(populated, "ingest", ("ingest", "--transfer", "cp", "--settle", "0.3"))
+    mp = daemon.mountpoint
+
+    def logged() -> str | None:
+        return next((x for x in daemon.log.read_text().splitlines() if "killpriv_v2: " in x), None)
+
+    line = wait_for(logged, what="the killpriv_v2 line in the log")
+    granted = "killpriv_v2: granted" in line
+    assert ("readable xattrs: on (auto)" if granted else "readable xattrs: off (auto)") in line
+    sh("alice", f"cp {img} {mp}/alice/auto.tif")
+    if not granted:  # an older kernel: as --no-xattrs
+        with pytest.raises(OSError):
+            os.getxattr(mp / "alice/auto.tif", "user.omerofs.state")
+        return
+    wait_state(mp / "alice/auto.tif", "imported")
+    read = f"import os; print(os.getxattr('{mp}/alice/auto.tif', 'user.omerofs.state'))"
+    assert "imported" in sh("alice", f'/usr/bin/python3 -c "{read}"').stdout  # as the user
 
 
 def test_staging_elsewhere(populated, mount_view, src, tmpfs) -> None:

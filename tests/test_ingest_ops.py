@@ -9,6 +9,7 @@ import pyfuse3
 import pytest
 import trio
 
+from omerofs.config import load_config
 from omerofs.fs.ingest_ops import IngestOperations
 from omerofs.fs.mount import ensure_user_dirs
 from omerofs.ingest.service import IngestService
@@ -39,3 +40,15 @@ def test_a_failed_lookup_leaves_no_node_behind(ops) -> None:
         assert ops.tree.get(alice.st_ino).children == {}
 
     trio.run(main)
+
+
+@pytest.mark.parametrize(
+    ("value", "readable"),
+    [('"auto"', None), ("true", True), ("false", False), ('"true"', True), ('"false"', False)],
+)
+def test_ingest_xattrs_setting(populated, value, readable) -> None:
+    """``[ingest] xattrs``: "auto" (None: decided after INIT), or true/false forcing it
+    (TOML booleans as before "auto" existed, or the same words as strings)."""
+    toml = populated.config.root / "omerofs.toml"
+    toml.write_text(toml.read_text().replace('xattrs = "auto"', f"xattrs = {value}", 1))
+    assert load_config(populated.config.root).ingest_xattrs is readable

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from omerofs.config import load_config
 from omerofs.errors import UsageError
 from omerofs.shares import INGEST_SHARE, VIEW_SHARE, smb_conf
 from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, wait_for
+from tests.test_ingest_mount import set_ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,7 +136,12 @@ def test_smb_conf_names_the_users_and_mounts(populated, tmp_path) -> None:
     assert "   valid users = adam alice bob carol olga" in text
     assert "force user" not in text  # everyone writes as themselves
     assert "vfs objects = acl_xattr streams_xattr" in text
-    assert "[ingest] xattrs is false" in text  # the repository's default: a reminder
+    assert "[ingest] xattrs is false" not in text  # the default (auto): no reminder
+    set_ingest(populated, xattrs=False)
+    forced_off = smb_conf(
+        load_config(populated.config.root), populated.catalog, Path("/mnt/ingest"), None
+    )
+    assert "[ingest] xattrs is false" in forced_off  # a reminder
     only_view = smb_conf(populated.config, populated.catalog, None, Path("/mnt/view"))
     assert INGEST_SHARE not in only_view
     with pytest.raises(UsageError):

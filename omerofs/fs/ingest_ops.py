@@ -70,7 +70,7 @@ class IngestOperations(pyfuse3.Operations):
         service: IngestService,
         staging: Path,
         is_member: Callable[[str, str], bool],
-        readable_xattrs: bool = False,
+        readable_xattrs: bool | None = False,
         passthrough: bool = False,
         *,
         sealed_uid: int = -1,
@@ -83,7 +83,10 @@ class IngestOperations(pyfuse3.Operations):
         # False: getxattr/listxattr answer ENOSYS, so the kernel stops asking for
         # security.capability before every write(2): small writes get ~10x faster, and
         # state is read from the error report and `omerofs status` instead of xattrs.
+        # None (auto): on if the kernel granted KILLPRIV_V2, which is known only after
+        # FUSE_INIT: decided at the first xattr request or describe_xattrs().
         self.readable_xattrs = readable_xattrs
+        self._xattrs_forced = readable_xattrs is not None
         self.service = service
         self.staging = str(staging)
         self.tree = StagedTree()
@@ -511,13 +514,33 @@ class IngestOperations(pyfuse3.Operations):
 
     handle_killpriv_v2 = HANDLE_KILLPRIV_V2  # read by the patched pyfuse3's init()
 
+    def xattrs_readable(self) -> bool:
+        """Whether getxattr/listxattr answer (auto resolved once, after FUSE_INIT)."""
+        if self.readable_xattrs is None:
+            self.readable_xattrs = killpriv_v2_granted()
+        return self.readable_xattrs
+
+    def describe_xattrs(self) -> str:
+        """The start-up log line: whether xattrs are readable, and why."""
+        granted = killpriv_v2_granted()
+        why = (
+            "granted (the kernel asks for security.capability once per file)"
+            if granted
+            else "not granted (kernel < 5.11, pyfuse3 without omerofs's patch, or "
+            "OMEROFS_KILLPRIV_V2=0): the kernel asks for security.capability before every "
+            "write(2) while getxattr answers"
+        )
+        on = self.xattrs_readable()
+        how = "forced by --xattrs/--no-xattrs or [ingest] xattrs" if self._xattrs_forced else "auto"
+        return f"killpriv_v2: {why}; readable xattrs: {'on' if on else 'off'} ({how})"
+
     @staticmethod
     def _kept(name: bytes) -> bool:
         return name.startswith(KEPT_XATTR_PREFIX) or name in KEPT_XATTRS
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not self.readable_xattrs:
+        if not self.xattrs_readable():
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not self._kept(name):  # security.capability (asked per inode), ACLs, SELinux
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -544,7 +567,7 @@ class IngestOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if not self.readable_xattrs:
+        if not self.xattrs_readable():
             raise pyfuse3.FUSEError(errno.ENOSYS)
         rel = self._node(inode).rel()
         names = [
@@ -602,6 +625,13 @@ class IngestOperations(pyfuse3.Operations):
             if not os.path.lexists(self._path(rel)):
                 self.tree.detach(parent, name)
             pyfuse3.invalidate_entry_async(parent.inode, os.fsencode(name))
+
+
+def killpriv_v2_granted() -> bool:
+    """Did the kernel grant FUSE_HANDLE_KILLPRIV_V2 at INIT (only omerofs's patched
+    pyfuse3 can ask for it and say so: tools/pyfuse3-passthrough)?"""
+    granted = getattr(pyfuse3, "killpriv_v2_enabled", None)
+    return bool(granted()) if granted is not None else False
 
 
 def _join(rel: str, name: str) -> str:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,6 +136,7 @@ async def _tune_after_init(
     mountpoint: Path,
     read_ahead_kb: int,
     backings: Backings,
+    describe_xattrs: Callable[[], str] | None = None,
     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A stat of our own root returns only after FUSE_INIT is done (requests wait for
@@ -148,6 +149,8 @@ async def _tune_after_init(
     await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kb)
     log.info("read_ahead_kb of %s set to %d", mountpoint, read_ahead_kb)
     log.info("kernel passthrough: %s", backings.describe())
+    if describe_xattrs is not None:  # the ingest mount: KILLPRIV_V2 is known only now
+        log.info("%s", describe_xattrs())
     sdnotify.notify("READY=1", f"STATUS=serving {mountpoint}", f"MAINPID={os.getpid()}")
 
 
@@ -226,7 +229,7 @@ def serve_ingest(
     transfer_mode: str,
     settle: float,
     concurrency: int,
-    readable_xattrs: bool = False,
+    readable_xattrs: bool | None = None,
     passthrough: bool = True,
     metrics: str | None = None,
 ) -> None:
@@ -252,7 +255,7 @@ def _serve_ingest(
     transfer_mode: str,
     settle: float,
     concurrency: int,
-    readable_xattrs: bool,
+    readable_xattrs: bool | None,
     passthrough: bool,
     metrics: str | None,
     lock: DaemonLock,
@@ -403,7 +406,8 @@ def _serve(
     clean = False
     try:
         log.info("%s mounted at %s (pid %d)", kind, mountpoint, os.getpid())
-        tune = partial(_tune_after_init, mountpoint, read_ahead_kb, ops.backings)
+        describe = getattr(ops, "describe_xattrs", None)
+        tune = partial(_tune_after_init, mountpoint, read_ahead_kb, ops.backings, describe)
         trio.run(_main, [tune, *tasks])
         clean = True
     finally:
