@@ -20,6 +20,7 @@ from pathlib import Path
 
 import Ice
 import omero.clients  # noqa: F401
+import pyfuse3
 import pytest
 import trio
 
@@ -32,6 +33,7 @@ from omerofs.catalog.protocol import Experimenter, Group, Membership, Snapshot
 from omerofs.catalog.sqlite import Database
 from omerofs.config import load_config
 from omerofs.errors import Busy, CatalogUnavailable, Frozen, ImportFailed
+from omerofs.fs.ingest_ops import IngestOperations
 from omerofs.identity import IdMap, PermissionLevel
 from omerofs.ingest.failures import is_outcome_unknown, is_transient
 from omerofs.ingest.importer import Importer
@@ -150,10 +152,19 @@ def test_an_import_with_a_warning_is_imported_and_the_warning_is_shown(
             while (state := await service.state(ROOT, False)).state != "imported":
                 await trio.sleep(0.02)
         shown.append(state)
+        ops = IngestOperations(service, s.config.staging_dir, lambda u, g: False, True)
+        alice = await ops.lookup(pyfuse3.ROOT_INODE, b"alice", None)
+        cells = await ops.lookup(alice.st_ino, b"cells.tif", None)
+        xattrs.append(await ops.listxattr(cells.st_ino, None))
+        xattrs.append(await ops.getxattr(cells.st_ino, b"user.omerofs.warning", None))
 
+    xattrs: list = []
     with caplog.at_level(logging.WARNING):
         s.run(lambda: (job := s.latest()) is not None and job.state == "imported", look)
     job = s.latest()
+    names, warning = xattrs  # beside user.omerofs.state, for getfattr and Samba users
+    assert b"user.omerofs.warning" in names and b"user.omerofs.state" in names
+    assert warning.decode() == job.warning
     assert (job.state, job.fileset_id, job.failure) == ("imported", 77, None)
     assert job.warning and "thumbnail-failure" in job.warning  # what the server said
     assert len(s.server.files) == 1  # imported once

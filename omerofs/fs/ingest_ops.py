@@ -35,6 +35,7 @@ STATE_XATTRS = (
     b"user.omerofs.error",
     b"user.omerofs.fileset",
     b"user.omerofs.job",
+    b"user.omerofs.warning",  # imported, with an error reported after the images landed
 )
 ACTION_XATTRS = (b"user.omerofs.commit", b"user.omerofs.retry")
 # Kept on the staging file for Samba (docs/shares.md): user.* (DOSATTRIB, streams as
@@ -554,6 +555,7 @@ class IngestOperations(pyfuse3.Operations):
                 b"user.omerofs.error": state.error,
                 b"user.omerofs.fileset": _text(state.fileset_id),
                 b"user.omerofs.job": _text(state.job_id),
+                b"user.omerofs.warning": state.warning,
             }[name]
             if value is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -582,6 +584,8 @@ class IngestOperations(pyfuse3.Operations):
                 names.append(b"user.omerofs.error")
             if state.fileset_id is not None:
                 names.append(b"user.omerofs.fileset")
+            if state.warning:
+                names.append(b"user.omerofs.warning")
         return names
 
     @fuse_errors
