@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from omerofs.errors import CatalogUnavailable, ImportFailed, UsageError
 from omerofs.identity import IdMap, PermissionLevel
 from omerofs.ingest.filesets import plan_fileset
 from omerofs.ingest.importer import ImportHooks, Target
-from tests.conftest import make_tiff
+from tests.conftest import make_tiff, needs_root
 from tests.omero_standin import Client, Server, sudo_of
 from tests.test_plates import copy_plate
 
@@ -176,6 +177,52 @@ def test_in_place_import_in_javas_order(setup, mode: str) -> None:
     assert s.server.process.verified == [sha1(src)]
     assert s.placed().read_bytes() == src.read_bytes()
     assert fileset.id == 77 and not isinstance(fileset, FilesetWithWarning)
+
+
+SERVER_ACCOUNT = 4242  # the OMERO server's uid/gid: owner of its ManagedRepository
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["ln", "ln_s", "cp"])
+def test_in_place_originals_are_sealed_as_the_servers(setup, mode: str) -> None:
+    """What an in-place import leaves in the server's repository belongs to the owner of
+    the ManagedRepository directory (the server's account) and has no write bit, as the
+    server's own uploads do: neither the daemon's writer nor the user (through an ``ln``
+    source, the same inode) can change an imported byte. An ``ln_s`` link is the
+    account's too; its target stays the user's file."""
+    s = setup()
+    os.chown(s.managed, SERVER_ACCOUNT, SERVER_ACCOUNT)
+    src = s.source()
+    os.chown(src, 3001, 3001)
+    src.chmod(0o640)
+    s.write(src, mode)
+    placed = os.lstat(s.placed())
+    assert (placed.st_uid, placed.st_gid) == (SERVER_ACCOUNT, SERVER_ACCOUNT)
+    if mode == "ln_s":
+        assert os.stat(src).st_uid == 3001 and s.placed().read_bytes() == src.read_bytes()
+        return
+    assert stat.S_IMODE(placed.st_mode) & 0o7222 == 0, oct(placed.st_mode)
+    assert placed.st_mode & stat.S_IRUSR  # the server still reads it
+    if mode == "ln":  # the source is the imported inode: sealed with it, read bits kept
+        assert os.stat(src).st_ino == placed.st_ino and stat.S_IMODE(placed.st_mode) == 0o440
+    else:
+        assert os.stat(src).st_uid == 3001 and stat.S_IMODE(os.stat(src).st_mode) == 0o640
+
+
+@needs_root
+def test_a_failed_in_place_import_gives_an_ln_source_back(setup) -> None:
+    """The link is removed again when the server cannot read it; the sealed source gets
+    its owner and mode back (it is the user's file again, not imported)."""
+    s = setup()
+    os.chown(s.managed, SERVER_ACCOUNT, SERVER_ACCOUNT)
+    s.server.unreadable = True
+    src = s.source()
+    os.chown(src, 3001, 3001)
+    src.chmod(0o640)
+    with pytest.raises(ImportFailed, match="cannot read the placed file"):
+        s.write(src, "ln")
+    st = os.stat(src)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_nlink) == (3001, 3001, 0o640, 1)
 
 
 def test_a_source_as_long_as_the_token_is_still_rehashed(setup) -> None:

@@ -266,12 +266,16 @@ class OmeroWriter:
     ) -> Fileset:
         placed: list[Path] = []
         state = _Progress()
+
+        def remove(paths: list[Path]) -> None:  # our links and copies; ln sources unsealed
+            self._remove(paths, state.seals)
+
         try:
             self._import(plan, owner, group, mode, target, hooks, placed, state)
             warning = None
         except Exception as exc:
             if not state.handed_off:
-                self._remove(placed)
+                remove(placed)
                 raise _translated(exc, plan) from None
             error = str(_translated(exc, plan)).removeprefix(f"{plan.root}: ")
             warning = settle_failed_handoff(
@@ -281,11 +285,11 @@ class OmeroWriter:
                 placed,
                 lambda: self._image_count(state.fileset_id),
                 lambda: self._delete_fileset(owner, group, state.fileset_id),
-                self._remove,
+                remove,
             )
         except BaseException:  # interrupted: after the hand-off the server may finish it
             if not state.handed_off:
-                self._remove(placed)
+                remove(placed)
             raise
         if hooks.on_commit is not None:
             with self.local_db.transaction() as db:
@@ -487,7 +491,27 @@ class OmeroWriter:
                 rfs.close()
             raise
         write_placeholder(rfs, dest, token)  # closes the uploader
-        return place_in_place(proc, index, kind, source, dest, token, placed, hooks, checksum)
+        return place_in_place(
+            proc, index, kind, source, dest, token, placed, hooks, checksum, self._sealing(state)
+        )
+
+    def _sealing(self, state: _Progress) -> tuple[transfer.Account | None, list[transfer.Seal]]:
+        """The sealing of in-place originals: as the owner of the ManagedRepository
+        directory (the OMERO server's account), which only root (or that account) can
+        give a file; otherwise they stay as placed, said once per import."""
+        if state.account is None:
+            account = transfer.Account.of(self.managed)
+            if os.geteuid() not in (0, account.uid):
+                log.warning(
+                    "%s belongs to uid %d: originals placed in it stay writable by this "
+                    "daemon's uid %d (run it as root to seal them as the server's)",
+                    self.managed,
+                    account.uid,
+                    os.geteuid(),
+                )
+                account = False
+            state.account = account
+        return (state.account or None, state.seals)
 
     def _image_count(self, fileset_id: int) -> int:
         """How many Images the server holds for a fileset (as the service account)."""
@@ -514,8 +538,9 @@ class OmeroWriter:
         if isinstance(response, omero.cmd.ERR):
             raise ImportFailed(f"Delete2 failed: {describe_response(response)}")
 
-    def _remove(self, placed: list[Path]) -> None:
-        """Remove the links and copies this import made (the server's own files stay)."""
+    def _remove(self, placed: list[Path], seals: list[transfer.Seal] | None = None) -> None:
+        """Remove the links and copies this import made (the server's own files stay);
+        ``ln`` sources get their owner and mode back (the user's files again)."""
         for path in placed:
             try:
                 os.unlink(path)
@@ -523,6 +548,8 @@ class OmeroWriter:
                 pass
             except OSError as exc:
                 log.error("could not remove %s after a failed import: %s", path, exc)
+        for seal in seals or ():
+            transfer.unseal(seal)
 
 
 def place_in_place(
@@ -535,13 +562,16 @@ def place_in_place(
     placed: list[Path],
     hooks: ImportHooks,
     checksum: str,
+    sealing: tuple[transfer.Account | None, list[transfer.Seal]] = (None, []),
 ) -> str:
     """An in-place transfer after the placeholder was written and its uploader closed:
-    check and delete the placeholder, link or copy, then have the server hash what it
-    now finds there (``AbstractExecFileTransfer.transfer``'s order)."""
+    check and delete the placeholder, link or copy (sealed as ``sealing``'s account,
+    ``ln`` sources' seals appended to its list), then have the server hash what it now
+    finds there (``AbstractExecFileTransfer.transfer``'s order)."""
     check_placeholder(dest, token)
     placed.append(dest)
-    sha1 = transfer.place(kind, source, dest, hooks.on_bytes)
+    account, seals = sealing
+    sha1 = transfer.place(kind, source, dest, hooks.on_bytes, seal_as=account, seals=seals)
     size = os.stat(dest).st_size
     if size != os.stat(source).st_size:
         raise ImportFailed(f"{dest}: size {size} differs from the source's")
@@ -557,6 +587,8 @@ class _Progress:
         self.prefix: str | None = None
         self.fileset_id = 0
         self.handed_off = False
+        self.account: transfer.Account | bool | None = None  # False: cannot seal
+        self.seals: list[transfer.Seal] = []  # ln sources sealed, restored on removal
 
 
 def _translated(exc: BaseException, plan: SourceFileset) -> OmerofsError:
