@@ -179,7 +179,7 @@ class ViewCollector:
         yield GaugeMetricFamily(
             "omerofs_view_user_trees",
             "Users whose tree is built (loaded on first access)",
-            len(getattr(view, "_layouts", {})),
+            view.user_trees,
         )
         snap = view.snapshot
         yield GaugeMetricFamily("omerofs_view_users", "Users known", len(snap.experimenters))

@@ -13,6 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from omerofs.daemon_lock import lock_path
+from omerofs.fs.mount import fileset_loader
+from omerofs.fs.view import RepositoryView
+from omerofs.metrics import ViewCollector
 from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, run_cli, wait_for
 
 pytestmark = [needs_fuse, needs_root]
@@ -128,3 +131,17 @@ def test_taken_port_fails_before_mounting(populated, world_dir) -> None:
         )
         assert res.returncode != 0 and "cannot listen" in res.stderr, res.stderr
         assert not os.path.ismount(mp)
+
+
+def test_user_trees_are_the_views_public_count(populated) -> None:
+    """``omerofs_view_user_trees`` is RepositoryView.user_trees (no private attribute
+    read): 0 before anyone looked, 1 once alice's home was opened."""
+    view = RepositoryView(populated.catalog.snapshot_people(), 1, fileset_loader(populated.catalog))
+
+    def gauge() -> float:
+        (family,) = [m for m in ViewCollector(view).collect() if m.name.endswith("user_trees")]
+        return family.samples[0].value
+
+    assert view.user_trees == gauge() == 0
+    view.materialize(view.table.child(view.table.root, "alice"))
+    assert view.user_trees == gauge() == 1

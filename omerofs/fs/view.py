@@ -81,6 +81,11 @@ class RepositoryView:
     def event_id(self) -> int:
         return self.snapshot.event_id
 
+    @property
+    def user_trees(self) -> int:
+        """How many users' trees are built (each is loaded on first access): metrics."""
+        return len(self._layouts)
+
     # -- homes -----------------------------------------------------------------------
 
     def _sync_homes(self, inval: Invalidation) -> None:
