@@ -31,6 +31,7 @@ from omerofs.catalog.omero.session import ALL_GROUPS, ServerConnection
 from omerofs.catalog.omero.settings import OmeroSettings
 from omerofs.catalog.protocol import (
     Changes,
+    Container,
     Event,
     Experimenter,
     Fileset,
@@ -218,53 +219,47 @@ class OmeroCatalog:
         )
         snap.memberships = [m for m in memberships if m.experimenter_id in snap.experimenters]
         for kind, into in (("Project", snap.projects), ("Dataset", snap.datasets)):
-            found = records.containers_of(
-                list(
-                    self._paged(
-                        f"select x.id, x.name, x.details.owner.id, x.details.group.id "
-                        f"from {kind} x where x.id > :after order by x.id"
-                    )
-                )
-            )
-            into.update(
-                (i, c)
-                for i, c in found.items()
-                if c.owner_id in snap.experimenters and c.group_id in snap.groups
-            )
-        snap.project_dataset = [
-            (p, d)
-            for _, p, d in self._paged(
-                "select l.id, l.parent.id, l.child.id from ProjectDatasetLink l "
-                "where l.id > :after order by l.id"
-            )
-            if p in snap.projects and d in snap.datasets
-        ]
+            into.update(self._visible_containers(kind, snap))
+        snap.project_dataset = self._visible_links(
+            "ProjectDatasetLink", snap.projects, snap.datasets
+        )
         for kind, into in (("Screen", snap.screens), ("Plate", snap.plates)):
-            found = records.containers_of(
-                list(
-                    self._paged(
-                        f"select x.id, x.name, x.details.owner.id, x.details.group.id "
-                        f"from {kind} x where x.id > :after order by x.id"
-                    )
-                )
-            )
-            into.update(
-                (i, c)
-                for i, c in found.items()
-                if c.owner_id in snap.experimenters and c.group_id in snap.groups
-            )
-        snap.screen_plate = [
-            (s, p)
-            for _, s, p in self._paged(
-                "select l.id, l.parent.id, l.child.id from ScreenPlateLink l "
-                "where l.id > :after order by l.id"
-            )
-            if s in snap.screens and p in snap.plates
-        ]
+            into.update(self._visible_containers(kind, snap))
+        snap.screen_plate = self._visible_links("ScreenPlateLink", snap.screens, snap.plates)
         snap.binary_access = self.access_policy()
         with self._lock:
             self._people, self._people_at = snap, time.monotonic()
         return snap
+
+    def _visible_containers(self, kind: str, snap: Snapshot) -> dict[int, Container]:
+        """Every ``kind`` (Project, Dataset, Screen, Plate) whose owner and group the
+        snapshot already holds: the view cannot place one it has no user or group for."""
+        found = records.containers_of(
+            list(
+                self._paged(
+                    f"select x.id, x.name, x.details.owner.id, x.details.group.id "
+                    f"from {kind} x where x.id > :after order by x.id"
+                )
+            )
+        )
+        return {
+            i: c
+            for i, c in found.items()
+            if c.owner_id in snap.experimenters and c.group_id in snap.groups
+        }
+
+    def _visible_links(
+        self, link: str, parents: dict[int, Container], children: dict[int, Container]
+    ) -> list[tuple[int, int]]:
+        """(parent, child) of every ``link`` row whose both ends are visible containers."""
+        return [
+            (p, c)
+            for _, p, c in self._paged(
+                f"select l.id, l.parent.id, l.child.id from {link} l "
+                "where l.id > :after order by l.id"
+            )
+            if p in parents and c in children
+        ]
 
     def _default_groups(self) -> dict[int, int]:
         """Each user's default group: the first of their group list (``index(m) = 0``).
