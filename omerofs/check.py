@@ -26,6 +26,7 @@ from typing import Any
 from omerofs.catalog.protocol import Fileset
 from omerofs.config import RepoConfig
 from omerofs.errors import OmerofsError
+from omerofs.pids import alive
 from omerofs.progress import Progress
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -156,22 +157,12 @@ def read_filesets(config: RepoConfig) -> tuple[list[Fileset], Any, list[str]]:
 # -- originals against the catalog ---------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _in_progress(rel: str) -> bool:
     """Below a running import's private directory (its pid is alive)."""
     for part in rel.split("/")[:-1]:
         if part.startswith(TMP_PREFIX):
             pid = part[len(TMP_PREFIX) :].split("-", 1)[0]
-            return pid.isdigit() and _alive(int(pid))
+            return pid.isdigit() and alive(int(pid))
     return False
 
 

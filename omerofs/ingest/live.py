@@ -18,7 +18,6 @@ the rows describe the present, and are rebuilt by the next start anyway.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from omerofs.catalog.sqlite import Database
 from omerofs.ingest.paths import FilesetKey
+from omerofs.pids import alive
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 0.5  # seconds: the most often one fileset's row is written
@@ -87,7 +87,7 @@ class LiveFilesets:
         """Remove the rows of daemons that are gone (killed: they could not)."""
         with self._store.transaction() as db:
             pids = [r[0] for r in db.execute("SELECT DISTINCT pid FROM ingest_live")]
-            gone = [p for p in pids if p == self._pid or not _running(p)]
+            gone = [p for p in pids if p == self._pid or not alive(p)]
             db.executemany("DELETE FROM ingest_live WHERE pid=?", [(p,) for p in gone])
 
     def publish(
@@ -167,11 +167,3 @@ class LiveFilesets:
             log.warning("could not clear the live ingest table: %s", exc)
         finally:
             self._store.close()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True

@@ -36,6 +36,7 @@ from omerofs.ingest import transfer
 from omerofs.ingest.filesets import SourceFileset
 from omerofs.ingest.importer import ImportHooks, Target
 from omerofs.ownership import secure_dir
+from omerofs.pids import alive
 from omerofs.template import TemplateContext, expand, resolve_increment
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class LocalWriter:
         if final.parent.is_dir():
             for tmp in final.parent.glob(TMP_PREFIX + "*"):
                 pid = tmp.name[len(TMP_PREFIX) :].split("-", 1)[0]
-                if pid.isdigit() and not _alive(int(pid)):
+                if pid.isdigit() and not alive(int(pid)):
                     shutil.rmtree(tmp, ignore_errors=True)
 
     def _account(self) -> transfer.Account:
@@ -248,13 +249,3 @@ class LocalWriter:
 
 def mimetype(path: Path) -> str:
     return format_mimetype(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
