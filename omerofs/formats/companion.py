@@ -29,19 +29,7 @@ def read(path: Path) -> list[ImageInfo]:
     ome = _parse(path)
     if not ome.images:
         raise damaged(path, "no Image in the companion OME-XML")
-    found = resolve_parts(path.parent, ome.file_names())
-    if found.missing:
-        total = len(found.present) + len(found.missing) + 1
-        raise damaged(
-            path,
-            f"{total - len(found.missing)} of {total} files present; missing "
-            + ", ".join(found.missing[:3]),
-        )
-    counts = {}
-    for part in found.present:
-        with tiff._open(part) as tif:
-            counts[part.name] = len(tiff._pages(tif, part))
-    tiff.check_ome_planes(path, ome, counts)
+    tiff.check_ome_files(path, ome, ome.file_names())
     return images(path.name, [i.series for i in ome.images])
 
 

@@ -78,7 +78,7 @@ def read(path: Path, _seen: frozenset[Path] = frozenset()) -> list[ImageInfo]:
             return _read_master(path, ome.binary_only, _seen)
         if ome is not None and ome.images:
             check_ome_planes(path, ome, {path.name: len(pages)})
-            _check_parts(path, ome)
+            check_ome_files(path, ome, [n for n in ome.file_names() if n != path.name])
             return images(path.name, [i.series for i in ome.images])
         _check_imagej(path, tif, pages)
         _check_micromanager(path, tif)
@@ -172,12 +172,12 @@ def check_ome_planes(path: Path, ome: ome_xml.OmeXml, ifds: dict[str, int]) -> N
                 )
 
 
-def _check_parts(path: Path, ome: ome_xml.OmeXml) -> None:
-    """A master's other files must all be there, each with its planes inside it."""
-    others = [n for n in ome.file_names() if n != path.name]
-    found = resolve_parts(path.parent, others)
+def check_ome_files(path: Path, ome: ome_xml.OmeXml, names: list[str]) -> None:
+    """The files ``names`` (besides ``path``, which names them: an OME-TIFF master or a
+    companion) must all be there, each with the planes ``ome`` puts in it inside it."""
+    found = resolve_parts(path.parent, names)
     if found.missing:
-        total = len(others) + 1
+        total = len(found.present) + len(found.missing) + 1
         raise damaged(
             path,
             f"{total - len(found.missing)} of {total} files present; missing "
