@@ -42,15 +42,9 @@ def plan_fileset(source: Path, include: Callable[[Path], bool] | None = None) ->
 
     ``include`` filters the files of a directory (the ingest mount leaves out temporary
     names and its own error reports)."""
-    source = Path(os.path.abspath(source))
-    try:
-        st = source.stat()
-    except FileNotFoundError:
-        raise NotFound(f"{source}: no such file or directory") from None
-    if stat.S_ISREG(st.st_mode):
+    source, is_file = _file_or_directory(source)
+    if is_file:
         return SourceFileset(source, (_source_file(source, sanitize_name(source.name)),))
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{source}: not a regular file or directory")
     found = sorted(p for p in _walk_files(source) if include is None or include(p))
     if not found:
         raise UsageError(f"{source}: directory holds no files to import")
@@ -62,6 +56,19 @@ def plan_fileset(source: Path, include: Callable[[Path], bool] | None = None) ->
         for p in found
     )
     return SourceFileset(source, files)
+
+
+def _file_or_directory(source: Path) -> tuple[Path, bool]:
+    """``source`` made absolute, and whether it is a regular file (else a directory);
+    anything else (missing, a FIFO, a device) is refused before planning starts."""
+    source = Path(os.path.abspath(source))
+    try:
+        st = source.stat()
+    except FileNotFoundError:
+        raise NotFound(f"{source}: no such file or directory") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UsageError(f"{source}: not a regular file or directory")
+    return source, stat.S_ISREG(st.st_mode)
 
 
 def _source_file(path: Path, rel_name: str) -> SourceFile:
@@ -87,17 +94,11 @@ def plan_filesets(
     A directory is partitioned as Bio-Formats would (a multi-file OME-TIFF and a CZI
     beside it are two filesets); a file alone brings the parts it names (an OME-TIFF
     master its other files, an ``.oif`` its ``.oif.files/``)."""
-    source = Path(os.path.abspath(source))
-    try:
-        st = source.stat()
-    except FileNotFoundError:
-        raise NotFound(f"{source}: no such file or directory") from None
-    if stat.S_ISREG(st.st_mode):
+    source, is_file = _file_or_directory(source)
+    if is_file:
         groups = group_files(_with_parts(source))
         group = next((g for g in groups if source in g.files), None)
         return [_plan_group(group)] if group is not None else [plan_fileset(source)]
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{source}: not a regular file or directory")
     found = [p for p in _walk_files(source) if include is None or include(p)]
     if not found:
         raise UsageError(f"{source}: directory holds no files to import")
