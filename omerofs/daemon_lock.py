@@ -73,12 +73,8 @@ class DaemonLock:
         path.parent.mkdir(mode=0o755, exist_ok=True)  # readable: `status` reads it
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                raise _running_error(config, role, _parse(_read_all(fd))) from None
+            if not _try_flock(fd, fcntl.LOCK_EX):
+                raise _running_error(config, role, _parse(_read_all(fd)))
             info = DaemonInfo(role, os.getpid(), str(os.path.abspath(mountpoint)), time.time())
             lock = cls(path, fd, info)
             lock.update()
@@ -120,6 +116,18 @@ class DaemonLock:
         self.release()
 
 
+def _try_flock(fd: int, operation: int) -> bool:
+    """Take ``operation`` (LOCK_EX or LOCK_SH) without waiting; False when another
+    process holds a conflicting lock (any other error is raised)."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        return False
+    return True
+
+
 def holder(path: Path) -> DaemonInfo | None:
     """The daemon holding the lock at ``path``, or None. Needs only read access to the
     file: a shared lock that can be taken means nobody holds the exclusive one."""
@@ -128,11 +136,7 @@ def holder(path: Path) -> DaemonInfo | None:
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+        if not _try_flock(fd, fcntl.LOCK_SH):
             role = "ingest" if path.name == "ingest.lock" else "view"
             return _parse(_read_all(fd)) or DaemonInfo(role, 0, "?", 0.0)  # just starting
         return None  # free: whatever the file says is from a daemon that is gone
