@@ -42,7 +42,7 @@ def _view(repo) -> RepositoryView:
     return RepositoryView(repo.catalog.snapshot_people(), 1, fileset_loader(repo.catalog))
 
 
-def _files(view: RepositoryView, user: str) -> dict[str, int]:
+def file_modes(view: RepositoryView, user: str) -> dict[str, int]:
     """Every file path in the user's tree (below their home) -> its mode."""
     home = view.table.child(view.table.root, user)
     view.materialize(home)
@@ -87,7 +87,7 @@ def test_import_into_a_screen_and_the_view(populated, world_dir: Path) -> None:
     (screen_id,) = snap.screens
     assert snap.screen_plate == [(screen_id, fs.plate_id)]
     view = _view(populated)
-    carol = _files(view, "carol")  # a member of the read-only group
+    carol = file_modes(view, "carol")  # a member of the read-only group
     main = "Groups/ro/Screens/HCS/Plate Name 0/plate-rows-2.zarr/.zattrs"
     assert main in carol
     assert f"ManagedRepository/{fs.template_prefix}plate-rows-2.zarr/A/1/0/0/.zarray" in carol
@@ -95,7 +95,7 @@ def test_import_into_a_screen_and_the_view(populated, world_dir: Path) -> None:
     # OMERO's default policy (+read,+write,+image): a plate's originals are listed, not
     # readable, for everybody, the owner too
     assert set(carol.values()) == {DENIED_MODE}
-    assert set(_files(view, "alice").values()) == {DENIED_MODE}
+    assert set(file_modes(view, "alice").values()) == {DENIED_MODE}
     # a second plate into the same screen: the screen is reused
     again = populated.import_file(
         copy_plate(world_dir / "src2"), "alice", "ro", "cp", "Screen:name:HCS"
@@ -112,7 +112,7 @@ def test_plates_in_no_screen_and_in_a_dataset(populated, world_dir: Path) -> Non
         copy_plate(world_dir / "b"), "alice", "rw", "cp", "Dataset:name:D"
     )
     assert linked.dataset_ids and linked.plate_id is not None
-    files = _files(_view(populated), "bob")
+    files = file_modes(_view(populated), "bob")
     assert "Groups/rw/Plates/Plate Name 0/plate-rows-2.zarr/.zattrs" in files
     assert "Groups/rw/Plates/Plate Name 0~2/plate-rows-2.zarr/.zattrs" in files  # 2nd plate
     assert "Groups/rw/Datasets/D/plate-rows-2.zarr/.zattrs" in files
@@ -131,7 +131,7 @@ def test_a_screen_target_takes_plates_only(populated, world_dir: Path) -> None:
 
 def test_a_running_view_follows_new_plates(populated, world_dir: Path) -> None:
     view = _view(populated)
-    assert not [p for p in _files(view, "bob") if "Screens" in p]
+    assert not [p for p in file_modes(view, "bob") if "Screens" in p]
     populated.import_file(copy_plate(world_dir / "late"), "alice", "ro", "cp", "Screen:name:S")
     changes = populated.catalog.changes(view.event_id)
     assert {(e.entity, e.action) for e in changes.events} == {
@@ -142,7 +142,7 @@ def test_a_running_view_follows_new_plates(populated, world_dir: Path) -> None:
     assert view.rebuild_targets(changes) == {}  # additive: nobody's tree is rebuilt
     inval = view.apply(changes, {})
     assert inval.inodes
-    assert "Groups/ro/Screens/S/Plate Name 0/plate-rows-2.zarr/.zattrs" in _files(view, "bob")
+    assert "Groups/ro/Screens/S/Plate Name 0/plate-rows-2.zarr/.zattrs" in file_modes(view, "bob")
 
 
 def test_the_download_policy_from_omerofs_toml(populated, world_dir: Path) -> None:
@@ -160,7 +160,7 @@ def test_the_download_policy_from_omerofs_toml(populated, world_dir: Path) -> No
             view = RepositoryView(snap, 1, fileset_loader(catalog))
             return {
                 p.rsplit("/", 1)[-1]: m
-                for p, m in _files(view, user).items()
+                for p, m in file_modes(view, user).items()
                 if p.startswith("ManagedRepository/")
             }
         finally:

@@ -22,6 +22,7 @@ from omerofs.fs.mount import fileset_loader
 from omerofs.fs.view import RepositoryView
 from omerofs.identity import IdMap
 from omerofs.policy import KEY
+from tests.test_plates import file_modes
 
 GROUP, ALICE, BOB = 5, 2, 3
 PLATE, SCREEN, FILESET = 41, 31, 50
@@ -121,13 +122,6 @@ def open_catalog(tmp_path: Path, server: PlateServer) -> OmeroCatalog:
     return OmeroCatalog(settings, ServerConnection(settings, lambda s: server), idmap)
 
 
-def modes(view: RepositoryView, user: str) -> dict[str, int]:
-    home = view.table.child(view.table.root, user)
-    view.materialize(home)
-    cut = len(f"/{user}/")
-    return {n.path()[cut:]: n.mode for n in view.table.traverse(home) if n.source is not None}
-
-
 def test_plates_and_screens_read_from_the_server(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path, PlateServer())
     snap = catalog.snapshot_people()
@@ -137,7 +131,7 @@ def test_plates_and_screens_read_from_the_server(tmp_path: Path) -> None:
     (fs,) = catalog.filesets_for(BOB, {GROUP}, FILESET)
     assert fs.plate_id == PLATE and fs.image_count == 2
     assert catalog.plate_filesets([FILESET, 60]) == {FILESET}
-    files = modes(RepositoryView(snap, 1, fileset_loader(catalog)), "bob")
+    files = file_modes(RepositoryView(snap, 1, fileset_loader(catalog)), "bob")
     assert "Groups/screening/Screens/HCS/Plate 1/plate.zarr/.zattrs" in files
 
 
@@ -152,7 +146,9 @@ def test_the_servers_policy_decides_what_the_view_may_read(tmp_path: Path) -> No
 
     def view_modes() -> dict[str, int]:
         catalog._policy = None  # read the policy again now (it is kept POLICY_MAX_AGE)
-        return modes(RepositoryView(catalog.snapshot_people(), 1, fileset_loader(catalog)), "bob")
+        return file_modes(
+            RepositoryView(catalog.snapshot_people(), 1, fileset_loader(catalog)), "bob"
+        )
 
     default = view_modes()
     assert (default[zattrs], default[notes]) == (DENIED_MODE, FILE_MODE)
@@ -171,7 +167,7 @@ def test_a_policy_change_reaches_a_running_view(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path, server)
     view = RepositoryView(catalog.snapshot_people(), 1, fileset_loader(catalog))
     zattrs = "Groups/screening/Screens/HCS/Plate 1/plate.zarr/.zattrs"
-    assert modes(view, "bob")[zattrs] == DENIED_MODE
+    assert file_modes(view, "bob")[zattrs] == DENIED_MODE
     assert catalog.changes(view.event_id) is None  # nothing changed
     server.server_policy = "+read,+write,+image,+plate"
     catalog._policy_at = time.monotonic() - 3600  # the kept policy is old: read again
@@ -184,7 +180,7 @@ def test_a_policy_change_reaches_a_running_view(tmp_path: Path) -> None:
     targets = view.rebuild_targets(changes)
     assert set(targets) == set(view._layouts)  # every built tree is rebuilt
     view.apply(changes, {e: [catalog.filesets_for(BOB, {GROUP}, FILESET)[0]] for e in targets})
-    assert modes(view, "bob")[zattrs] == FILE_MODE
+    assert file_modes(view, "bob")[zattrs] == FILE_MODE
     assert catalog.changes(changes.snapshot.event_id) is None  # delivered once
 
 
