@@ -502,11 +502,7 @@ class IngestOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         rel = self._listings.get(fh, [""])[0]
-        fd = os.open(self._path(rel), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        await trio.to_thread.run_sync(_fsync_directory, self._path(rel))
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         return statfs_of(self.staging)
@@ -644,3 +640,13 @@ def _join(rel: str, name: str) -> str:
 
 def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
+
+
+def _fsync_directory(path: str | Path) -> None:
+    """Flush a staging directory's entries to disk; off the loop, as ``fsync`` is (a
+    journal commit can take long, and every other request would wait for it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
