@@ -556,7 +556,7 @@ class IngestService:
                 for waiting in [k for k in self._deferred]:
                     self._deferred.discard(waiting)
                     self._settle_again(waiting)
-            self._after(job, outcome)
+            await self._after(job, outcome)
 
     async def _retry_at(self, job_id: int, when: float) -> None:
         """A passing failure: try again at ``when`` (unix time, persisted in the queue)."""
@@ -762,12 +762,12 @@ class IngestService:
                 hashes[rel] = entry.hash
         self.queue.set_hashes(hashes)
 
-    def _after(self, job: Job, outcome: tuple[int | None, str | None]) -> None:
+    async def _after(self, job: Job, outcome: tuple[int | None, str | None]) -> None:
         fileset_id, _ = outcome
         key = job.key
         changed = [key.error_report]
         if fileset_id is None:
-            job = self.queue.job(job.id)
+            job = await trio.to_thread.run_sync(self.queue.job, job.id)  # SQLite: off the loop
             if job.state == "retrying" and job.next_try is not None:
                 self._spawn(self._retry_at, job.id, job.next_try)
         elif transfer.removes_source(job.transfer):
@@ -964,7 +964,7 @@ class IngestService:
                 self._importing.difference_update([job.key.root, *job.manifest])
                 self._importing_roots.discard(job.key.root)
                 if state == "imported":
-                    self._after(settled, (settled.fileset_id, None))
+                    await self._after(settled, (settled.fileset_id, None))
                 elif state == "queued":
                     self._spawn(self._run_job, job_id)
                 else:
