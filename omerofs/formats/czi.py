@@ -37,7 +37,7 @@ def claims(path: Path) -> bool:
 
 def read(path: Path) -> list[ImageInfo]:
     size = os.path.getsize(path)
-    directory_at, metadata_at = _header(path, size)
+    directory_at, metadata_at = _header(path)
     require_extent(path, directory_at + 32 + 128, "the subblock directory", size)
     import czifile  # lazily: see formats/__init__.py
 
@@ -56,7 +56,7 @@ def read(path: Path) -> list[ImageInfo]:
     return images(path.name, _scenes(entries, physical))
 
 
-def _header(path: Path, size: int) -> tuple[int, int]:
+def _header(path: Path) -> tuple[int, int]:
     with open(path, "rb") as f:
         head = f.read(100)
     if len(head) < 100 or not head.startswith(b"ZISRAWFILE"):

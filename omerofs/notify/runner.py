@@ -227,13 +227,13 @@ class Notifier:
                     )
                     log.error("notify: %s to %s refused for good: %s", delivery.key, channel, exc)
                     continue
-                self._failed(channel, delivery, str(exc))
+                self._failed(channel, str(exc))
                 await trio.to_thread.run_sync(
                     self.store.postpone, delivery.id, str(exc), pause.until
                 )
                 return sent
             except OmerofsError as exc:  # e.g. an unreadable secret file: the admin's to fix
-                self._failed(channel, delivery, str(exc))
+                self._failed(channel, str(exc))
                 await trio.to_thread.run_sync(
                     self.store.postpone, delivery.id, str(exc), pause.until
                 )
@@ -253,7 +253,7 @@ class Notifier:
             log.info("notify: sent %s to %s (%s)", delivery.key, channel, delivery.user)
         return sent
 
-    def _failed(self, channel: str, delivery: Delivery, error: str) -> None:
+    def _failed(self, channel: str, error: str) -> None:
         pause = self._pauses[channel]
         pause.failures += 1
         delay = backoff(pause.failures, self.settings.retry_initial, self.settings.retry_max)
