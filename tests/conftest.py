@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,14 @@ from omerofs.ingest.importer import Importer, Target
 FUSE_MISSING = not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None
 needs_fuse = pytest.mark.skipif(FUSE_MISSING, reason="/dev/fuse or fusermount3 is missing")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv, allow_other)")
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nobody listens on: bound, then closed again, so connecting to it
+    is refused until a server the test starts takes it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

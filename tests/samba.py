@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from omerofs.shares import smb_conf
+from tests.conftest import free_port
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 PASSWORD = "omerofs-Test-1"
@@ -36,12 +37,6 @@ def samba_missing() -> str | None:
     if not list(Path("/usr/lib").glob("*/samba/vfs/streams_xattr.so")):
         return "Samba's VFS modules are missing (apt-get install samba-vfs-modules)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

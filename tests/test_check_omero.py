@@ -5,20 +5,14 @@ catalog/omero/check.py, the config and daemons rows from omerofs/check.py."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port as refused_port
 from tests.conftest import run_cli
 
 pytest.importorskip("omero")
-
-
-def refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unreachable_server_fails_with_its_fix(world_dir: Path) -> None:

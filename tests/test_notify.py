@@ -40,7 +40,15 @@ from omerofs.notify import (
     send_test,
     set_email_preference,
 )
-from tests.conftest import Repo, as_user, make_tiff, needs_fuse, needs_root, wait_for
+from tests.conftest import (
+    Repo,
+    as_user,
+    free_port,
+    make_tiff,
+    needs_fuse,
+    needs_root,
+    wait_for,
+)
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 from aiosmtpd.smtp import AuthResult  # noqa: E402
@@ -49,12 +57,6 @@ SECRET = b"s3cret-for-hmac"
 
 
 # -- real servers on loopback ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Inbox:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import omero
@@ -15,12 +14,7 @@ from omerofs.catalog.omero.catalog import OmeroCatalog
 from omerofs.catalog.omero.check import account_checks, repository_files, run_checks
 from omerofs.catalog.protocol import Fileset, FilesetEntry
 from omerofs.config import init_repo
-
-
-def refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port as refused_port
 
 
 def omero_repo(world_dir: Path, managed: Path):

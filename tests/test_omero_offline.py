@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from omerofs.errors import CatalogUnavailable, ImportFailed, UsageError
 from omerofs.fs.view import RepositoryView
 from omerofs.identity import IdMap, PermissionLevel, can_see, make_viewer
 from omerofs.ingest.filesets import plan_fileset
+from tests.conftest import free_port as refused_port
 from tests.conftest import make_tiff, run_cli
 
 LEVELS = {
@@ -312,12 +312,6 @@ def test_upload_sends_every_byte_and_returns_the_sha1(world_dir: Path) -> None:
 
 
 # -- configuration and the connection --------------------------------------------------
-
-
-def refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again: connections are refused
 
 
 def settings_for(tmp_path: Path, port: int, mode: int = 0o600) -> OmeroSettings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -32,14 +31,9 @@ from tests.conftest import (
     run_cli,
     wait_for,
 )
+from tests.conftest import free_port as refused_port
 
 PREFIX = "alice_2/2026-12/02/13-00-00.000/"
-
-
-def refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again: connections are refused
 
 
 def people(idmap: IdMap) -> Snapshot:
