@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 from omerofs.policy import OMERO_DEFAULT, check_tokens, parse_groups
 from omerofs.schema import Key, Section, render_markdown, render_toml, validate
 from omerofs.template import DEFAULT_TEMPLATE, validate_template
+from omerofs.tomlfile import read_toml
 
 CONFIG_NAME = "omerofs.toml"
 CATALOG_NAME = "catalog.sqlite"
@@ -299,25 +299,6 @@ def _toml_value(value: str) -> str:
     if value.isdigit():
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """The parsed file; unreadable, non-UTF-8 or malformed is one line naming it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UsageError(
-            f"{path}: not UTF-8 text (line {line}); TOML files must be UTF-8"
-        ) from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: {' '.join(str(exc).split())}") from None
 
 
 def load_config(root: Path) -> RepoConfig:

@@ -12,12 +12,12 @@ import enum
 import grp
 import logging
 import pwd
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from omerofs.errors import UsageError
+from omerofs.tomlfile import read_toml
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,7 @@ class IdMap:
     def load(cls, path: Path | None) -> IdMap:
         if path is None:
             return cls({}, {})
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise UsageError(f"cannot read id map {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: {exc}") from None
+        data = read_toml(path, "id map")
         users, groups = data.get("users", {}), data.get("groups", {})
         for section, table in (("users", users), ("groups", groups)):
             if not isinstance(table, dict):

@@ -17,6 +17,7 @@ from typing import Any
 
 from omerofs.errors import UsageError
 from omerofs.ingest import queue
+from omerofs.tomlfile import read_toml
 
 DIGEST = "digest"  # the event name of a success digest (the others are job states)
 EMAIL_LEVELS = ("all", "failures", "none")  # what a user may choose to receive by e-mail
@@ -145,7 +146,9 @@ def read_secret_file(path: Path, what: str) -> str:
     readable by every user of the repository."""
     try:
         st = os.stat(path)
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: {what} must be UTF-8 text") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -417,11 +420,6 @@ def load_notify_settings(config: Any) -> NotifySettings | None:
         return given
     if isinstance(given, dict):
         return NotifySettings.parse(given, where)
-    try:
-        data = tomllib.loads(where.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read {where}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+    data = read_toml(where)
     section = data.get("notify")
     return NotifySettings.parse(section, where) if section is not None else None

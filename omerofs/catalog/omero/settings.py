@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omerofs.errors import UsageError
+from omerofs.tomlfile import read_toml
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,9 @@ class OmeroSettings:
         path = self.credentials
         try:
             st = os.stat(path)
-            data = tomllib.loads(path.read_text())
         except OSError as exc:
             raise UsageError(f"cannot read OMERO credentials {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: {exc}") from None
+        data = read_toml(path, "OMERO credentials")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise UsageError(f"{path}: OMERO credentials must be private (chmod 600)")
         try:
