@@ -21,6 +21,8 @@ from omerofs.config import RepoConfig, init_repo
 from omerofs.identity import PermissionLevel
 from omerofs.ingest.importer import Importer, Target
 
+# the real microscope files: ../shared/data beside the checkout (read-only: copy first)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FUSE_MISSING = not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None
 needs_fuse = pytest.mark.skipif(FUSE_MISSING, reason="/dev/fuse or fusermount3 is missing")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv, allow_other)")

@@ -1,4 +1,4 @@
-"""Every real microscope file in /work/shared/data (copied first): Images, sizes, pixel
+"""Every real microscope file in ../shared/data (copied first): Images, sizes, pixel
 types and names as each format's own metadata gives them; filesets grouped as
 Bio-Formats groups its "used files"; damaged and incomplete copies recognised."""
 
@@ -12,9 +12,10 @@ import pytest
 
 from omerofs.errors import DamagedFile, UnknownFormat
 from omerofs.formats import completeness, group_files, looks_like_image, read_images
+from tests.conftest import SHARED_DATA
 
-DATA = Path("/work/shared/data")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="/work/shared/data is missing")
+DATA = SHARED_DATA
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{SHARED_DATA} is missing")
 
 # main file -> [(X, Y, Z, C, T, pixel type), ...] one per Image, with the reason
 EXPECTED: dict[str, tuple[list[tuple[int, int, int, int, int, str]], str]] = {
@@ -131,7 +132,7 @@ FILESETS = {
 def data(tmp_path_factory) -> Path:
     """A private, writable copy of the real files."""
     if not DATA.is_dir():
-        pytest.skip("/work/shared/data is missing")
+        pytest.skip(f"{SHARED_DATA} is missing")
     copy = tmp_path_factory.mktemp("formats") / "data"
     shutil.copytree(DATA, copy)
     for dirpath, dirnames, filenames in os.walk(copy):

@@ -17,7 +17,7 @@ from omerofs.ingest.importer import Outcome, Target
 from tests.conftest import run_cli
 from tests.test_formats import DATA, EXPECTED, FILESETS, TRUNCATED, truncate_copy
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="/work/shared/data is missing")
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is missing")
 
 
 @pytest.fixture

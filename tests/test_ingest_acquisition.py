@@ -20,13 +20,13 @@ import tifffile
 from omerofs.ingest.queue import JobQueue
 from omerofs.ingest.transfer import sha1_file
 from tests import test_ingest_mount as mount_tests
-from tests.conftest import Repo, as_user, make_tiff, needs_fuse, needs_root, wait_for
+from tests.conftest import SHARED_DATA, Repo, as_user, make_tiff, needs_fuse, needs_root, wait_for
 from tests.test_ingest_mount import UIDS, filesets_from, set_ingest, sh, wait_state, xattr
 
 pytestmark = [needs_fuse, needs_root]
 ingest = mount_tests.ingest  # the fixtures: an ingest mount with [ingest] keys, sources
 src = mount_tests.src
-MULTIFILE = Path("/work/shared/data/ome-tiff-multifile/master")
+MULTIFILE = SHARED_DATA / "ome-tiff-multifile/master"
 KILLED_WRITER = """
 import os, signal, sys
 data = open(sys.argv[1], "rb").read()
@@ -443,7 +443,7 @@ def test_oif_with_its_files_directory_in_a_dataset_directory_is_one_fileset(
     """An Olympus OIF (``X.oif`` + ``X.oif.files/``, 13 files) written into a Dataset
     directory: the .oif names the files of its directory, so they are ONE fileset with
     the .oif first — not a file fileset plus a run directory of their own."""
-    oif_src = Path("/work/shared/data/oif")
+    oif_src = SHARED_DATA / "oif"
     shutil.copytree(oif_src, src / "oif")
     (oif,) = (src / "oif").glob("*.oif")
     parts = src / "oif" / (oif.name + ".files")

@@ -20,9 +20,9 @@ from omerofs.fs.inodes import DENIED_MODE, FILE_MODE
 from omerofs.fs.mount import fileset_loader
 from omerofs.fs.view import RepositoryView, fetch_all
 from omerofs.ingest.importer import Target
-from tests.conftest import make_tiff, run_cli
+from tests.conftest import SHARED_DATA, make_tiff, run_cli
 
-PLATE = Path("/work/shared/data/ome-zarr/plate-rows-2.zarr")
+PLATE = SHARED_DATA / "ome-zarr/plate-rows-2.zarr"
 # What the plate's own metadata says (its root .zattrs, NGFF 0.4 "plate"): name "Plate
 # Name 0"; rows [A, B] and columns [1]; wells A/1 (rowIndex 0, columnIndex 0) and B/1
 # (rowIndex 1, columnIndex 0), each with one image "0" (field_count 1): 2 Images.
@@ -54,7 +54,7 @@ def test_the_plate_as_its_metadata_describes_it(world_dir: Path) -> None:
     plate = copy_plate(world_dir)
     assert is_plate(plate) == EXPECTED
     assert is_plate(plate / ".zattrs") == EXPECTED  # the main file names the same plate
-    assert is_plate(Path("/work/shared/data/ome-zarr/fake-series-2.zarr")) is None  # images
+    assert is_plate(SHARED_DATA / "ome-zarr/fake-series-2.zarr") is None  # images
     assert is_plate(make_tiff(world_dir / "a.tif")) is None
 
 

@@ -1,5 +1,5 @@
 """How long reading an image's metadata takes: one file per format from
-/work/shared/data, and a generated 2 GiB OME-TIFF (written to /var/tmp, deleted after).
+../shared/data, and a generated 2 GiB OME-TIFF (written to /var/tmp, deleted after).
 
 Each row: the first call in a fresh process (reader library import included, the file
 evicted from the page cache with posix_fadvise), then the median of warm repeats.
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
 SAMPLES = [
     ("TIFF (ImageJ)", "imagej-tiff/xyzc_16bit__dna_conf_wf.tif"),
     ("OME-TIFF", "ome-tiff/4D-series.ome.tif"),
