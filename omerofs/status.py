@@ -90,7 +90,9 @@ def report(config: RepoConfig, limit: int, daemons: list[dict[str, Any]]) -> dic
     jobs = sorted(latest.values(), key=lambda j: j["job"])
     result["in_flight"] = [_public(j) for j in jobs if j["state"] == "importing"]
     result["waiting"] = [
-        _public(j) for j in jobs if j["state"] in ("queued", "retrying", "incomplete")
+        _public(j)
+        for j in jobs
+        if j["state"] in ("queued", "retrying", "incomplete", "waiting")  # waiting: commit-only
     ]
     imported = [j for j in jobs if j["state"] in ("imported", "duplicate")]
     result["recent_imports"] = [_public(j) for j in imported[-limit:]]
