@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import grp
 import json
 import logging
@@ -233,7 +234,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         sources = [Path(p) for p in args.paths]
         if args.dry_run:
             return _dry_run(sources, owner.name, group.name, mode, target)
-        outcomes = importer.import_paths(sources, owner, group, mode, target)
+        outcomes = _import_with_progress(importer, sources, owner, group, mode, target, args)
     finally:
         backend.close()
     failed = 0
@@ -248,6 +249,71 @@ def cmd_import(args: argparse.Namespace) -> int:
             failed += 1
             print(f"omerofs: {outcome.source}: import failed: {outcome.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _import_with_progress(
+    importer: Any,
+    sources: list[Path],
+    owner: Any,
+    group: Any,
+    mode: str,
+    target: Target,
+    args: argparse.Namespace,
+) -> list:
+    """A live line on a terminal (omerofs/progress.py), plain lines with --progress
+    elsewhere; the results themselves still go to stdout afterwards."""
+    from omerofs.ingest.importer import ImportHooks
+    from omerofs.progress import Progress
+
+    files, size = _source_totals(sources)
+    progress = Progress.for_stream(sys.stderr, "importing", files, size, args.progress)
+    if not (progress.live or progress.lines):
+        return importer.import_paths(sources, owner, group, mode, target)
+
+    def hooks(plan: Any) -> ImportHooks:
+        sizes = []
+        for f in plan.files:
+            try:
+                sizes.append(os.path.getsize(f.path))
+            except OSError:
+                sizes.append(0)
+        name = plan.root.name + ("/" if plan.root.is_dir() else "")
+        progress.start_item(name, sizes)
+        return ImportHooks(on_bytes=progress.add_bytes)
+
+    def clear_first(record: logging.LogRecord) -> bool:  # a warning gets a line of its own
+        progress.clear()
+        return True
+
+    stderr_handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+    ]
+    for handler in stderr_handlers:
+        handler.addFilter(clear_first)
+    try:
+        return importer.import_paths(sources, owner, group, mode, target, hooks=hooks)
+    finally:
+        for handler in stderr_handlers:
+            handler.removeFilter(clear_first)
+        progress.finish()
+
+
+def _source_totals(sources: list[Path]) -> tuple[int, int]:
+    """Files and bytes below the sources (stat only: the totals of the display)."""
+    files = size = 0
+    for source in sources:
+        walk = [(str(source.parent), [], [source.name])] if not source.is_dir() else os.walk(source)
+        for dirpath, _, names in walk:
+            for name in names:
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                if st.st_mode & 0o170000 == 0o100000:  # regular files
+                    files, size = files + 1, size + st.st_size
+    return files, size
 
 
 def _dry_run(sources: list[Path], user: str, group: str, mode: str, target: Target) -> int:
@@ -304,6 +370,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     concurrency = config.concurrency if args.concurrency is None else args.concurrency
     xattrs = config.ingest_xattrs if args.xattrs is None else args.xattrs
     passthrough = config.ingest_passthrough and not args.no_passthrough
+    rules = config.ingest_rules.with_overrides(  # (acquisition's flags: ingest/settings.py)
+        run_settle=args.run_settle, commit_only=args.commit_only or None
+    )
+    config = dataclasses.replace(config, ingest_rules=rules)
     if args.foreground:
         _setup_logging(config, True)
         mount.serve_ingest(
@@ -320,6 +390,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         str(concurrency),
         *([] if xattrs is None else ["--xattrs" if xattrs else "--no-xattrs"]),  # None: auto
         *([] if passthrough else ["--no-passthrough"]),
+        *["--run-settle", str(rules.run_settle), *(["--commit-only"] if rules.commit_only else [])],
     ]
     pid = mount.spawn_daemon(config, Path(args.mountpoint), extra)
     print(
@@ -348,6 +419,124 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(status.render(report))
     return 0
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from omerofs.notify import send_test
+
+    config = load_config(_repo(args))
+    catalog = _open_reader(config)
+    try:
+        lines = send_test(config, catalog, args.user)
+    finally:
+        catalog.close()
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_notify_email(args: argparse.Namespace) -> int:
+    from omerofs.notify import set_email_preference
+
+    config = load_config(_repo(args))
+    catalog = _open_reader(config)
+    try:
+        set_email_preference(config, catalog, args.user, args.level)
+    finally:
+        catalog.close()
+    what = {
+        "all": "failures at once and success digests",
+        "failures": "failures only (no success digests)",
+        "none": "nothing",
+    }[args.level]
+    print(f"{args.user} now receives by e-mail: {what}")
+    return 0
+
+
+def cmd_notify_status(args: argparse.Namespace) -> int:
+    from omerofs.notify import notify_status
+
+    config = load_config(_repo(args))
+    rows = notify_status(config)
+    if args.state:
+        rows = [r for r in rows if r["state"] == args.state]
+    rows = rows[-args.limit :]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [
+        {
+            "id": r["id"],
+            "state": r["state"],
+            "channel": r["channel"],
+            "event": r["event"],
+            "user": r["user"],
+            "to": r["recipient"] or "-",
+            "tries": r["attempts"],
+            "when": _clock(r["done"] or r["next_attempt"] or r["created"]),
+            "last error": r["last_error"] or "-",
+        }
+        for r in rows
+    ]
+    _print_rows(table, False)
+    return 0
+
+
+def _clock(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+CHECK_VERSION = 1  # of ``omerofs check --json`` (docs/cli.md)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The checks live in omerofs/check.py (embedded) and catalog/omero/check.py (OMERO)."""
+    from omerofs import check
+    from omerofs.config import CONFIG_NAME
+    from omerofs.progress import Progress
+
+    root = Path(os.path.abspath(_repo(args)))
+    backend = None
+    try:
+        config = load_config(root)
+    except UsageError as exc:  # a config that fails its schema is the first row
+        rows = [check.config_failed(root / CONFIG_NAME, _one_line(exc))]
+    else:
+        backend = config.backend
+        if config.omero is None:
+            progress = Progress.for_stream(sys.stderr, "hashing", 0, 0, None) if args.deep else None
+            rows = check.run_local_checks(config, deep=args.deep, progress=progress)
+        else:
+            rows = [check.config_check(config), *_omero_checks(config)]
+            if args.deep:
+                rows.append(
+                    check.Check("checksums", check.SKIP, "--deep: the OMERO server keeps them")
+                )
+            rows += [check.queue_check(config), check.daemons_check(config)]
+    failed = any(r.failed for r in rows)
+    if args.json:
+        report = {
+            "version": CHECK_VERSION,
+            "repository": str(root),
+            "backend": backend,
+            "ok": not failed,
+            "checks": [r.as_json() for r in rows],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(check.render(rows))
+    return 1 if failed else 0
+
+
+def _omero_checks(config: RepoConfig) -> list:
+    from omerofs import check
+    from omerofs.catalog.omero.check import run_checks
+
+    backend = _open_backend_of(config)
+    try:
+        return check.from_omero(run_checks(config, backend.catalog))
+    finally:
+        backend.close()
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -933,6 +1122,21 @@ omerofs import --user alice --transfer ln_s --dry-run /data/plate/""",
         help="print the filesets that would be imported; change nothing",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log each step on stderr")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show progress on stderr: a live line on a terminal (the default there), "
+        "a plain line per fileset elsewhere",
+    )
+    shown.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress display, even on a terminal",
+    )
     p.set_defaults(func=cmd_import)
 
     p = _cmd(
@@ -974,6 +1178,16 @@ omerofs ingest /mnt/ingest --transfer cp --settle 30 --concurrency 4""",
         "--concurrency",
         type=_count(1, MAX_CONCURRENCY),
         help=f"imports running at once (1 ... {MAX_CONCURRENCY}), e.g. --concurrency 4",
+    )
+    p.add_argument(
+        "--run-settle",
+        type=_seconds,
+        help="seconds a run directory must stay unchanged (default: [ingest] run_settle, 300)",
+    )
+    p.add_argument(
+        "--commit-only",
+        action="store_true",
+        help="import only on an explicit commit (xattr, NAME.done, omerofs commit)",
     )
     xattrs = p.add_mutually_exclusive_group()
     xattrs.add_argument(
@@ -1020,6 +1234,77 @@ omerofs status --ack 17 18""",
         help="acknowledge failed jobs: no longer shown, e.g. --ack 17",
     )
     p.set_defaults(func=cmd_status)
+
+    p = _cmd(
+        sub,
+        "check",
+        [repo],
+        "check that the repository works and is intact (run this first)",
+        """
+omerofs check
+omerofs check --deep          # also hash every original against the catalog's SHA-1
+omerofs check --json | jq '.checks[] | select(.result == "FAIL")'""",
+    )
+    p.add_argument(
+        "--deep", action="store_true", help="read every original and compare its SHA-1 (slow)"
+    )
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.set_defaults(func=cmd_check)
+
+    notify = sub.add_parser(
+        "notify", help="notifications: send a test, set a user's e-mail choice, the outbox"
+    )
+    notify_sub = notify.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = _cmd(
+        notify_sub,
+        "test",
+        [repo],
+        "send a test message to a user on every channel now (docs/notifications.md)",
+        """
+omerofs notify test --user alice""",
+    )
+    p.add_argument("-u", "--user", required=True, help="whom to send it to, e.g. --user alice")
+    p.set_defaults(func=cmd_notify_test)
+    p = _cmd(
+        notify_sub,
+        "email",
+        [repo],
+        "choose what a user receives by e-mail",
+        """
+omerofs notify email --user alice failures   # failures at once, no success digests
+omerofs notify email --user bob none
+omerofs notify email --user bob all          # back to the default""",
+    )
+    p.add_argument("-u", "--user", required=True, help="the user, e.g. --user alice")
+    p.add_argument(
+        "level",
+        choices=("all", "failures", "none"),
+        help="all (the default), failures (no success digests) or none",
+    )
+    p.set_defaults(func=cmd_notify_email)
+    p = _cmd(
+        notify_sub,
+        "status",
+        [repo],
+        "the notification outbox: pending, sent, skipped and dead messages",
+        """
+omerofs notify status
+omerofs notify status --state dead
+omerofs notify status --json --limit 500""",
+    )
+    p.add_argument(
+        "--state",
+        choices=("pending", "sent", "skipped", "dead"),
+        help="only messages in this state, e.g. --state dead",
+    )
+    p.add_argument(
+        "--limit",
+        type=_count(1),
+        default=50,
+        help="how many of the newest messages to show (>= 1), e.g. --limit 200",
+    )
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.set_defaults(func=cmd_notify_status)
 
     p = _cmd(
         sub,
