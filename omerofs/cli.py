@@ -489,6 +489,36 @@ def _clock(ts: float | None) -> str:
 CHECK_VERSION = 1  # of ``omerofs check --json`` (docs/cli.md)
 
 
+def cmd_commit(args: argparse.Namespace) -> int:
+    from omerofs.ingest.commit import request_commit
+
+    for path in args.paths:
+        request_commit(Path(path))
+        print(f"committed {path}")
+    return 0
+
+
+def cmd_shares_smb_conf(args: argparse.Namespace) -> int:
+    from omerofs.shares import smb_conf
+
+    config = load_config(_repo(args))
+    catalog = _open_reader(config)
+    try:
+        print(
+            smb_conf(
+                config,
+                catalog,
+                Path(args.ingest).absolute() if args.ingest else None,
+                Path(args.view).absolute() if args.view else None,
+                case_insensitive=args.case_insensitive,
+            ),
+            end="",
+        )
+    finally:
+        catalog.close()
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """The checks live in omerofs/check.py (embedded) and catalog/omero/check.py (OMERO)."""
     from omerofs import check
@@ -1305,6 +1335,43 @@ omerofs notify status --json --limit 500""",
     )
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=cmd_notify_status)
+
+    p = _cmd(
+        sub,
+        "commit",
+        [],
+        "import a fileset in an ingest mount now, without waiting for it to settle",
+        """
+omerofs commit /mnt/ingest/alice/P/D/run2        # a run directory (commit-only areas too)
+omerofs commit /mnt/ingest/alice/P/D/cells.tif   # one file""",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a file or directory in an ingest mount, e.g. /mnt/ingest/alice/P/D/run2",
+    )
+    p.set_defaults(func=cmd_commit)
+
+    shares = sub.add_parser("shares", help="network shares of the mounts (docs/shares.md)")
+    shares_sub = shares.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = _cmd(
+        shares_sub,
+        "smb-conf",
+        [repo],
+        "print an smb.conf serving the mounts to this repository's users over SMB",
+        """
+omerofs shares smb-conf --ingest /mnt/ingest --view /mnt/omero > /etc/samba/smb.conf
+omerofs shares smb-conf --ingest /mnt/ingest --case-insensitive""",
+    )
+    p.add_argument("--ingest", metavar="MOUNT", help="the ingest mount, e.g. /mnt/ingest")
+    p.add_argument("--view", metavar="MOUNT", help="the view mount, e.g. /mnt/omero")
+    p.add_argument(
+        "--case-insensitive",
+        action="store_true",
+        help="Windows name matching on the ingest share (slower for many files)",
+    )
+    p.set_defaults(func=cmd_shares_smb_conf)
 
     p = _cmd(
         sub,

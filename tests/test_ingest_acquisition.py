@@ -168,8 +168,9 @@ def test_commit_only_waits_for_a_commit(populated, ingest, src) -> None:
     single = mp / "alice/P/D/c.tif"
     sh("alice", f"cp {c} {single}")
     wait_state(single, "waiting")
-    code = f"from omerofs.ingest.commit import request_commit; request_commit({str(single)!r})"
-    subprocess.run(as_user(3001, [sys.executable, "-c", code]), check=True, timeout=60)
+    cli = [sys.executable, "-m", "omerofs.cli", "commit", str(single)]  # as alice, no repo
+    done = subprocess.run(as_user(3001, cli), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == f"committed {single}\n", done.stderr
     wait_state(single, "imported")
     # a directory marker makes bob's area commit-only too (bob is not in the config)
     d = make_tiff(src / "d.tif", seed=9)

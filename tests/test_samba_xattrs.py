@@ -18,7 +18,7 @@ import pytest
 from omerofs.config import load_config
 from omerofs.errors import UsageError
 from omerofs.shares import INGEST_SHARE, VIEW_SHARE, smb_conf
-from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, wait_for
+from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, run_cli, wait_for
 from tests.test_ingest_mount import set_ingest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +137,21 @@ def test_smb_conf_names_the_users_and_mounts(populated, tmp_path) -> None:
     assert "force user" not in text  # everyone writes as themselves
     assert "vfs objects = acl_xattr streams_xattr" in text
     assert "[ingest] xattrs is false" not in text  # the default (auto): no reminder
+    root = str(populated.config.root)
+    printed = run_cli(
+        "-r",
+        root,
+        "shares",
+        "smb-conf",
+        "--ingest",
+        "/mnt/ingest",
+        "--view",
+        "/mnt/view",
+        check=True,
+    )
+    assert printed.stdout == text  # what `omerofs shares smb-conf` prints
+    nothing = run_cli("-r", root, "shares", "smb-conf")
+    assert nothing.returncode != 0 and nothing.stderr.startswith("omerofs: ")
     set_ingest(populated, xattrs=False)
     forced_off = smb_conf(
         load_config(populated.config.root), populated.catalog, Path("/mnt/ingest"), None
