@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local import local_importer
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.catalog.protocol import Catalog
 from omerofs.config import RepoConfig
-from omerofs.ingest.importer import Importer
+from omerofs.imports.importer import Importer
 from omerofs.policy import parse_groups
 
 
@@ -33,11 +34,11 @@ def open_backend(config: RepoConfig) -> Backend:
             binary_access=config.binary_access,
             binary_access_groups=parse_groups(config.binary_access_groups),
         )
-        return Backend(config, catalog, Importer(config, catalog), [catalog.close])
+        return Backend(config, catalog, local_importer(config, catalog), [catalog.close])
     # omero-py is only needed (and only imported) when the repository uses a server
-    from omerofs.catalog.omero.cache import CatalogCache
-    from omerofs.catalog.omero.catalog import OmeroCatalog
-    from omerofs.catalog.omero.writer import OmeroWriter
+    from omerofs.backends.omero.cache import CatalogCache
+    from omerofs.backends.omero.catalog import OmeroCatalog
+    from omerofs.backends.omero.writer import OmeroWriter
     from omerofs.catalog.sqlite import Database
 
     # the repository's own SQLite: the ingest queue, and the server's last known state

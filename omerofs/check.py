@@ -32,7 +32,7 @@ from omerofs.progress import Progress
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SHOWN = 5  # paths named in one row's detail; the rest are counted
 CHUNK = 1 << 20
-TMP_PREFIX = ".omerofs-import-"  # an import in progress (ingest/local_writer.py)
+TMP_PREFIX = ".omerofs-import-"  # an import in progress (backends/local/writer.py)
 PRIVATE_MODE = 0o700  # omerofs/ownership.py
 # For SHA-1 the catalog's hasher names OMERO's ChecksumAlgorithm "SHA1-160".
 SHA1_HASHERS = ("SHA1-160", "SHA1", "sha1")
@@ -84,7 +84,7 @@ def config_failed(path: Path, error: str) -> Check:
 
 def catalog_check(config: RepoConfig) -> Check:
     """SQLite's own integrity check, foreign keys, and the schema version."""
-    from omerofs.catalog.local import SCHEMA_VERSION
+    from omerofs.backends.local.catalog import SCHEMA_VERSION
     from omerofs.catalog.sqlite import Database
 
     path = config.catalog_path
@@ -135,7 +135,7 @@ def catalog_check(config: RepoConfig) -> Check:
 
 def read_filesets(config: RepoConfig) -> tuple[list[Fileset], Any, list[str]]:
     """Every fileset, the people snapshot, and the rows a view would skip."""
-    from omerofs.catalog.local import LocalCatalog
+    from omerofs.backends.local.catalog import LocalCatalog
     from omerofs.catalog.rows import fileset_problem
 
     catalog = LocalCatalog(config.catalog_path, readonly=True)
@@ -306,7 +306,7 @@ def _sha1(path: Path, on_bytes: Callable[[int], None] | None) -> str:
 def staging_check(config: RepoConfig) -> Check:
     """ln/ln_rm imports from the ingest mount link staged files into ManagedRepository:
     one filesystem (st_dev) or every import copies, or fails."""
-    from omerofs.ingest.transfer import base_mode
+    from omerofs.imports.transfer import base_mode
 
     staging, managed = config.staging_dir, config.managed_dir
     probe = staging if staging.exists() else staging.parent
@@ -501,7 +501,7 @@ def run_local_checks(
 
 
 def from_omero(rows: list[Any]) -> list[Check]:
-    """The OMERO backend's rows (catalog/omero/check.py: name, ok, detail, fix)."""
+    """The OMERO backend's rows (backends/omero/check.py: name, ok, detail, fix)."""
     return [Check(r.name, PASS if r.ok else FAIL, r.detail, r.fix) for r in rows]
 
 

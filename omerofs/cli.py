@@ -20,14 +20,14 @@ from typing import Any, NoReturn
 from omerofs import __version__
 from omerofs.address import MetricsOption
 from omerofs.backend import Backend, open_backend
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.catalog.protocol import Catalog, Fileset, Snapshot
 from omerofs.catalog.rows import fileset_problem
 from omerofs.config import MAX_CONCURRENCY, RepoConfig, config_reference, init_repo, load_config
 from omerofs.errors import NotFound, OmerofsError, UsageError
 from omerofs.identity import MAX_POSIX_ID, PermissionLevel
-from omerofs.ingest.importer import Target
-from omerofs.ingest.transfer import MODES as TRANSFER_MODES
+from omerofs.imports.importer import Target
+from omerofs.imports.transfer import MODES as TRANSFER_MODES
 
 AUTO_GID_BASE = 70000
 
@@ -262,7 +262,7 @@ def _import_with_progress(
 ) -> list:
     """A live line on a terminal (omerofs/progress.py), plain lines with --progress
     elsewhere; the results themselves still go to stdout afterwards."""
-    from omerofs.ingest.importer import ImportHooks
+    from omerofs.imports.importer import ImportHooks
     from omerofs.progress import Progress
 
     files, size = _source_totals(sources)
@@ -318,7 +318,7 @@ def _source_totals(sources: list[Path]) -> tuple[int, int]:
 
 def _dry_run(sources: list[Path], user: str, group: str, mode: str, target: Target) -> int:
     """Print the filesets an import would make, and change nothing."""
-    from omerofs.ingest.filesets import plan_fileset
+    from omerofs.imports.filesets import plan_fileset
 
     print(f"would import as {user} into {group} ({mode}), {target.describe()}:")
     failed = 0
@@ -520,7 +520,7 @@ def cmd_shares_smb_conf(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """The checks live in omerofs/check.py (embedded) and catalog/omero/check.py (OMERO)."""
+    """The checks live in omerofs/check.py (embedded) and backends/omero/check.py (OMERO)."""
     from omerofs import check
     from omerofs.config import CONFIG_NAME
     from omerofs.progress import Progress
@@ -560,7 +560,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _omero_checks(config: RepoConfig) -> list:
     from omerofs import check
-    from omerofs.catalog.omero.check import run_checks
+    from omerofs.backends.omero.check import run_checks
 
     backend = _open_backend_of(config)
     try:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omerofs.catalog.omero.settings import OmeroSettings
+from omerofs.backends.omero.settings import OmeroSettings
 from omerofs.errors import AlreadyExists, NotFound, UsageError
+from omerofs.imports.transfer import MODES as TRANSFER_MODES
 from omerofs.ingest.settings import IngestRules
-from omerofs.ingest.transfer import MODES as TRANSFER_MODES
 from omerofs.policy import OMERO_DEFAULT, check_tokens, parse_groups
 from omerofs.schema import Key, Section, render_markdown, render_toml, validate
 from omerofs.template import DEFAULT_TEMPLATE, validate_template
@@ -191,7 +191,7 @@ SCHEMA: tuple[Section, ...] = (
     Section(
         "omero",
         'The OMERO server, when `backend = "omero"`.',
-        delegated=("omerofs/catalog/omero/settings.py", "docs/omero.md"),
+        delegated=("omerofs/backends/omero/settings.py", "docs/omero.md"),
     ),
     Section(
         "notify",

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local import local_importer
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.config import CONFIG_NAME, init_repo, load_config
 from omerofs.errors import OmerofsError
 from omerofs.identity import PermissionLevel
-from omerofs.ingest.importer import Importer, Target
+from omerofs.imports.importer import Target
 
 USERS = [("alice", 2001), ("bob", 2002), ("carol", 2003), ("dave", 2004)]
 GROUPS = [  # name, level, gid, members (name, is_owner)
@@ -87,7 +88,7 @@ def build_demo(root: Path) -> None:
         for user, owner in members:
             catalog.add_member(group, user, owner=owner)
     catalog.add_experimenter("admin", 2000, admin=True)
-    importer = Importer(config, catalog)
+    importer = local_importer(config, catalog)
     sources = root / "demo-sources"
     sources.mkdir(exist_ok=True)
     for user, group, mode, target, sample in IMPORTS:

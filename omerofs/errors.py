@@ -86,3 +86,9 @@ class MountError(OmerofsError):
     """The mountpoint is unusable (missing, not empty, already mounted)."""
 
     errno = errno.EBUSY
+
+
+class ImportOutcomeUnknown(ImportFailed):
+    """A remote catalog (the OMERO server) took the import over and could not be asked
+    how it ended: nothing was removed, and it must not be retried blindly (it may have
+    landed)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from omerofs.address import parse_address
 from omerofs.errors import UsageError
-from omerofs.ingest.transfer import MODES
+from omerofs.imports.transfer import MODES
 
 USAGE_EXIT, FAILURE_EXIT = 1, 32
 ROLES = {"view": "mount", "ingest": "ingest"}

@@ -5,7 +5,7 @@ through the mounts, never through the repository's own directories.
 that runs the daemons (root) with mode 0700, as OMERO's ManagedRepository belongs to the
 server's account. The mounts still show each user their own files: the view maps owners
 from the catalog, the ingest mount shows its root as 0755 and each user's directory as
-theirs. Imported originals themselves are sealed read-only (ingest/transfer.py).
+theirs. Imported originals themselves are sealed read-only (imports/transfer.py).
 """
 
 from __future__ import annotations

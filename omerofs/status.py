@@ -192,10 +192,10 @@ def _public(job: dict) -> dict[str, Any]:
 
 def omero_outage(config: RepoConfig) -> str | None:
     """With an OMERO backend: one line when the server was unreachable at the daemons'
-    last attempt (catalog/omero/cache.py keeps it in the repository's SQLite file)."""
+    last attempt (backends/omero/cache.py keeps it in the repository's SQLite file)."""
     if config.omero is None:
         return None
-    from omerofs.catalog.omero.cache import describe_outage  # no omero-py needed
+    from omerofs.backends.omero.cache import describe_outage  # no omero-py needed
 
     store = Database(config.catalog_path, "the OMERO state in", readonly=True)
     try:

@@ -22,7 +22,7 @@ import pytest
 from omerofs.backend import Backend, open_backend
 from omerofs.catalog.protocol import Experimenter, Group
 from omerofs.config import RepoConfig, init_repo
-from omerofs.ingest.importer import Importer, Target
+from omerofs.imports.importer import Importer, Target
 from tests.conftest import Repo
 
 OMERO_URL = os.environ.get("OMEROFS_TEST_OMERO", "")

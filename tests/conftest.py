@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local import local_importer
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.config import RepoConfig, init_repo
 from omerofs.identity import PermissionLevel
-from omerofs.ingest.importer import Importer, Target
+from omerofs.imports.importer import Target
 
 # the real microscope files: ../shared/data beside the checkout (read-only: copy first)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -68,7 +69,7 @@ class Repo:
     def __init__(self, root: Path) -> None:
         self.config: RepoConfig = init_repo(root)
         self.catalog = LocalCatalog(self.config.catalog_path, create=True)
-        self.importer = Importer(self.config, self.catalog)
+        self.importer = local_importer(self.config, self.catalog)
 
     def populate(self) -> Repo:
         c = self.catalog

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.catalog.protocol import ImageInfo, ImportRecord, PlacedFile
 from omerofs.errors import AlreadyExists, NotFound, UsageError
 from omerofs.identity import PermissionLevel

@@ -1,6 +1,6 @@
 """``omerofs check`` on an OMERO repository (init through the CLI) whose server refuses
 connections: a real omero.client is refused underneath; the server's rows come from
-catalog/omero/check.py, the config and daemons rows from omerofs/check.py."""
+backends/omero/check.py, the config and daemons rows from omerofs/check.py."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from tests.conftest import make_tiff, run_cli
 
 

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.errors import AccessDenied, AlreadyExists, NotFound, UsageError
 from omerofs.identity import PermissionLevel
 from tests.conftest import make_tiff, needs_fuse, needs_root, run_cli, wait_for

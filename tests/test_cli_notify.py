@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.config import load_config
 from omerofs.ingest.queue import JobQueue
 from omerofs.notify import Notifier, load_notify_settings

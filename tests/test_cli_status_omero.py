@@ -1,5 +1,5 @@
 """``omerofs status`` on an OMERO repository whose server refuses connections: the
-outage the catalog recorded (catalog/omero/cache.py describe_outage) is shown."""
+outage the catalog recorded (backends/omero/cache.py describe_outage) is shown."""
 
 from __future__ import annotations
 

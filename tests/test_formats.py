@@ -354,7 +354,7 @@ def test_micro_manager_and_dv_sets(data: Path, tmp_path: Path) -> None:
 )
 def test_a_file_given_alone_brings_its_fileset(data: Path, given: str, main: str, count: int):
     """``omerofs import part.ome.tiff`` imports what Bio-Formats would: the whole set."""
-    from omerofs.ingest.filesets import plan_filesets
+    from omerofs.imports.filesets import plan_filesets
 
     (plan,) = plan_filesets(data / given)
     assert plan.main.path.name == main and len(plan.files) == count
@@ -363,7 +363,7 @@ def test_a_file_given_alone_brings_its_fileset(data: Path, given: str, main: str
 
 @needs_data
 def test_a_directory_is_planned_as_its_filesets(data: Path) -> None:
-    from omerofs.ingest.filesets import plan_fileset, plan_filesets
+    from omerofs.imports.filesets import plan_fileset, plan_filesets
 
     plans = plan_filesets(data / "ome-zarr")
     assert [p.main.rel_name for p in plans] == [

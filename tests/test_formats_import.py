@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from omerofs.catalog.local import LocalCatalog
-from omerofs.ingest.importer import Outcome, Target
+from omerofs.backends.local.catalog import LocalCatalog
+from omerofs.imports.importer import Outcome, Target
 from tests.conftest import run_cli
 from tests.test_formats import DATA, EXPECTED, FILESETS, TRUNCATED, truncate_copy
 

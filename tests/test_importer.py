@@ -5,9 +5,9 @@ import os
 import pytest
 
 from omerofs.errors import AccessDenied, ImportFailed, UnknownFormat, UsageError
-from omerofs.ingest.filesets import plan_fileset
-from omerofs.ingest.importer import Target
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.filesets import plan_fileset
+from omerofs.imports.importer import Target
+from omerofs.imports.transfer import sha1_file
 from tests.conftest import make_tiff, needs_root
 
 
@@ -121,7 +121,7 @@ def test_rm_mode_keeps_a_source_that_changed_during_import(
     populated, world_dir, monkeypatch
 ) -> None:
     """A writer appending while we import: the appended bytes must not be deleted."""
-    from omerofs.ingest.local_writer import LocalWriter
+    from omerofs.backends.local.writer import LocalWriter
 
     src = make_tiff(world_dir / "growing.tif")
     real_write_log = LocalWriter._write_log
@@ -145,16 +145,16 @@ def test_unique_directories_for_fast_imports(populated, world_dir) -> None:
 
 
 def test_template_without_time_still_gets_unique_dirs(world_dir) -> None:
-    from omerofs.catalog.local import LocalCatalog
+    from omerofs.backends.local import local_importer
+    from omerofs.backends.local.catalog import LocalCatalog
     from omerofs.config import init_repo
-    from omerofs.ingest.importer import Importer
 
     config = init_repo(world_dir / "r2", template="%user%//%year%")
     catalog = LocalCatalog(config.catalog_path, create=True)
     try:
         catalog.add_group("g", __import__("omerofs.identity").identity.PermissionLevel.PRIVATE, 5)
         catalog.add_experimenter("u", 42, default_group="g")
-        imp = Importer(config, catalog)
+        imp = local_importer(config, catalog)
         owner, group = imp.resolve_identity("u", None)
         a = imp.import_fileset_path(make_tiff(world_dir / "a.tif"), owner, group, "cp", Target())
         b = imp.import_fileset_path(make_tiff(world_dir / "b.tif"), owner, group, "cp", Target())

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from omerofs.imports.transfer import sha1_file
 from omerofs.ingest.queue import JobQueue
-from omerofs.ingest.transfer import sha1_file
 from tests import test_ingest_mount as mount_tests
 from tests.conftest import SHARED_DATA, Repo, as_user, make_tiff, needs_fuse, needs_root, wait_for
 from tests.test_ingest_mount import UIDS, filesets_from, set_ingest, sh, wait_state, xattr

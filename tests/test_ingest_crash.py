@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from omerofs.imports.transfer import sha1_file
 from omerofs.ingest.queue import JobQueue
-from omerofs.ingest.transfer import sha1_file
 from tests.conftest import MountedView, as_user, make_tiff, needs_fuse, needs_root, wait_for
 from tests.test_ingest_mount import set_ingest
 from tests.test_passthrough import passthrough_state

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.transfer import sha1_file
 from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, run_cli, wait_for
 
 pytestmark = [needs_fuse, needs_root]

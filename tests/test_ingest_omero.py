@@ -24,19 +24,19 @@ import pyfuse3
 import pytest
 import trio
 
-from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.handoff import ImportOutcomeUnknown
-from omerofs.catalog.omero.session import ServerConnection, connect_client
-from omerofs.catalog.omero.settings import OmeroSettings
-from omerofs.catalog.omero.writer import OmeroWriter
+from omerofs.backends.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.handoff import ImportOutcomeUnknown
+from omerofs.backends.omero.session import ServerConnection, connect_client
+from omerofs.backends.omero.settings import OmeroSettings
+from omerofs.backends.omero.writer import OmeroWriter
 from omerofs.catalog.protocol import Experimenter, Group, Membership, Snapshot
 from omerofs.catalog.sqlite import Database
 from omerofs.config import load_config
 from omerofs.errors import Busy, CatalogUnavailable, Frozen, ImportFailed
 from omerofs.fs.ingest_ops import IngestOperations
 from omerofs.identity import IdMap, PermissionLevel
+from omerofs.imports.importer import Importer
 from omerofs.ingest.failures import is_outcome_unknown, is_transient
-from omerofs.ingest.importer import Importer
 from omerofs.ingest.paths import fileset_of
 from omerofs.ingest.queue import Job, JobQueue
 from omerofs.ingest.service import IngestService

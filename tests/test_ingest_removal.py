@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omerofs.ingest.filesets import plan_fileset
-from omerofs.ingest.importer import Importer, Target
+from omerofs.imports.filesets import plan_fileset
+from omerofs.imports.importer import Importer, Target
 from tests.conftest import make_tiff
 
 

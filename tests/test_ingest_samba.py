@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.transfer import sha1_file
 from tests import test_samba as samba_tests
 from tests.conftest import wait_for
 

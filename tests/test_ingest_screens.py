@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from omerofs.imports.transfer import sha1_file
 from omerofs.ingest.paths import FilesetKey, fileset_at, fileset_of
 from omerofs.ingest.queue import JobQueue
-from omerofs.ingest.transfer import sha1_file
 from tests import test_ingest_mount as mount_tests
 from tests.conftest import make_tiff, needs_fuse, needs_root, wait_for
 from tests.test_ingest_mount import sh, wait_state, xattr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from omerofs.ingest.writers import open_for_writing
+from omerofs.imports.writers import open_for_writing
 from tests.conftest import needs_root
 
 pytestmark = [needs_root]  # leases on other users' files need CAP_LEASE

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.transfer import sha1_file
 from tests.conftest import (
     MountedView,
     as_user,

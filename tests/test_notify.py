@@ -28,8 +28,8 @@ import pytest
 import trio
 
 from omerofs.errors import NotFound, UsageError
-from omerofs.ingest.filesets import plan_fileset
-from omerofs.ingest.importer import ImportHooks, Target
+from omerofs.imports.filesets import plan_fileset
+from omerofs.imports.importer import ImportHooks, Target
 from omerofs.ingest.paths import FilesetKey
 from omerofs.ingest.queue import Job, JobQueue
 from omerofs.notify import (

@@ -1,4 +1,4 @@
-"""``omerofs check`` rows for an OMERO repository (omerofs/catalog/omero/check.py)."""
+"""``omerofs check`` rows for an OMERO repository (omerofs/backends/omero/check.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import omero.sys
 from omero.model import AdminPrivilegeI
 from omero.rtypes import rstring
 
-from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.check import account_checks, repository_files, run_checks
+from omerofs.backends.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.check import account_checks, repository_files, run_checks
 from omerofs.catalog.protocol import Fileset, FilesetEntry
 from omerofs.config import init_repo
 from tests.conftest import free_port as refused_port

@@ -1,4 +1,4 @@
-"""``omerofs check``'s plates-and-screens row (catalog/omero/check.py) against the
+"""``omerofs check``'s plates-and-screens row (backends/omero/check.py) against the
 offline plate server of tests/test_plates_omero.py (real omero-py rtypes): the Screen,
 Plate and ScreenPlateLink queries and the WellSample -> plate query, which meets the
 server even when it holds no fileset yet."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import omero
 
-from omerofs.catalog.omero.check import plate_check, server_checks
+from omerofs.backends.omero.check import plate_check, server_checks
 from tests.test_omero_check import omero_repo
 from tests.test_plates_omero import FILESET, PlateServer, open_catalog
 

@@ -17,22 +17,22 @@ import pytest
 from omero.model import DatasetI, PermissionsI, ScreenI
 from omero.rtypes import rlong, rstring, unwrap
 
-from omerofs.catalog.omero import checksums, records
-from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.handoff import (
+from omerofs.backends.omero import checksums, records
+from omerofs.backends.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.handoff import (
     FilesetWithWarning,
     ImportOutcomeUnknown,
     settle_failed_handoff,
 )
-from omerofs.catalog.omero.session import ServerConnection, create_sudo_session
-from omerofs.catalog.omero.settings import OmeroSettings
-from omerofs.catalog.omero.writer import OmeroWriter, placeholder_token
+from omerofs.backends.omero.session import ServerConnection, create_sudo_session
+from omerofs.backends.omero.settings import OmeroSettings
+from omerofs.backends.omero.writer import OmeroWriter, placeholder_token
 from omerofs.catalog.protocol import Experimenter, Group, Snapshot
 from omerofs.catalog.sqlite import Database
 from omerofs.errors import CatalogUnavailable, ImportFailed, UsageError
 from omerofs.identity import IdMap, PermissionLevel
-from omerofs.ingest.filesets import plan_fileset
-from omerofs.ingest.importer import ImportHooks, Target
+from omerofs.imports.filesets import plan_fileset
+from omerofs.imports.importer import ImportHooks, Target
 from tests.conftest import make_tiff, needs_root
 from tests.omero_standin import Client, Server, sudo_of
 from tests.test_plates import copy_plate

@@ -14,10 +14,10 @@ import pytest
 from omero.model import ExperimenterGroupI, PermissionsI
 from omero.rtypes import rint, rlong, rstring, rtime
 
-from omerofs.catalog.omero import records
-from omerofs.catalog.omero.session import ServerConnection, connect_client
-from omerofs.catalog.omero.settings import OmeroSettings
-from omerofs.catalog.omero.writer import (
+from omerofs.backends.omero import records
+from omerofs.backends.omero.session import ServerConnection, connect_client
+from omerofs.backends.omero.settings import OmeroSettings
+from omerofs.backends.omero.writer import (
     build_fileset,
     build_settings,
     check_placeholder,
@@ -29,7 +29,7 @@ from omerofs.config import init_repo, load_config
 from omerofs.errors import CatalogUnavailable, ImportFailed, UsageError
 from omerofs.fs.view import RepositoryView
 from omerofs.identity import IdMap, PermissionLevel, can_see, make_viewer
-from omerofs.ingest.filesets import plan_fileset
+from omerofs.imports.filesets import plan_fileset
 from tests.conftest import free_port as refused_port
 from tests.conftest import make_tiff, run_cli
 

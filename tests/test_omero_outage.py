@@ -14,9 +14,9 @@ import pytest
 from omero.model import ExperimenterGroupI, PermissionsI
 from omero.rtypes import rstring
 
-from omerofs.catalog.omero import records
-from omerofs.catalog.omero.cache import CatalogCache, describe_outage
-from omerofs.catalog.omero.catalog import OmeroCatalog
+from omerofs.backends.omero import records
+from omerofs.backends.omero.cache import CatalogCache, describe_outage
+from omerofs.backends.omero.catalog import OmeroCatalog
 from omerofs.catalog.protocol import Fileset, FilesetEntry, Snapshot
 from omerofs.catalog.sqlite import Database
 from omerofs.config import load_config

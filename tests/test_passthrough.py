@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.transfer import sha1_file
 from tests.conftest import MountedView, make_tiff, needs_fuse, needs_root, wait_for
 from tests.test_ingest_mount import sh
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from omerofs.catalog import local
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local import catalog as local
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.catalog.protocol import PlateInfo, WellSample
 from omerofs.errors import UsageError
 from omerofs.formats import is_plate
 from omerofs.fs.inodes import DENIED_MODE, FILE_MODE
 from omerofs.fs.mount import fileset_loader
 from omerofs.fs.view import RepositoryView, fetch_all
-from omerofs.ingest.importer import Target
+from omerofs.imports.importer import Target
 from tests.conftest import SHARED_DATA, make_tiff, run_cli
 
 PLATE = SHARED_DATA / "ome-zarr/plate-rows-2.zarr"

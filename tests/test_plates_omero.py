@@ -12,10 +12,10 @@ import omero.clients  # noqa: F401
 from omero.model import ExperimenterGroupI, PermissionsI
 from omero.rtypes import rbool, rint, rlong, rstring, rtime, unwrap
 
-from omerofs.catalog.omero import cache, records
-from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.session import ServerConnection
-from omerofs.catalog.omero.settings import OmeroSettings
+from omerofs.backends.omero import cache, records
+from omerofs.backends.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.session import ServerConnection
+from omerofs.backends.omero.settings import OmeroSettings
 from omerofs.catalog.protocol import Event, Fileset, FilesetEntry, Snapshot
 from omerofs.fs.inodes import DENIED_MODE, FILE_MODE
 from omerofs.fs.mount import fileset_loader

@@ -9,11 +9,11 @@ import omero.clients  # noqa: F401
 import pytest
 from omero.rtypes import rlong, rstring
 
-from omerofs.catalog.omero import records
-from omerofs.catalog.omero.cache import CatalogCache
-from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.session import ServerConnection
-from omerofs.catalog.omero.settings import OmeroSettings
+from omerofs.backends.omero import records
+from omerofs.backends.omero.cache import CatalogCache
+from omerofs.backends.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.session import ServerConnection
+from omerofs.backends.omero.settings import OmeroSettings
 from omerofs.catalog.sqlite import Database
 from omerofs.errors import CatalogUnavailable
 from omerofs.identity import IdMap, PermissionLevel, make_viewer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from omerofs.errors import ImportFailed
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.transfer import sha1_file
 from tests.conftest import as_user, make_tiff, needs_fuse, needs_root, wait_for
 
 pytestmark = [needs_root]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from omerofs.ingest.transfer import sha1_file
+from omerofs.imports.transfer import sha1_file
 from tests.conftest import FUSE_MISSING, MountedView, Repo, make_tiff, wait_for
 from tests.samba import Smbd, samba_missing, unix_users
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from omerofs.errors import ChecksumMismatch, ImportFailed, UsageError
-from omerofs.ingest import transfer
+from omerofs.imports import transfer
 from tests.conftest import needs_root
 
 

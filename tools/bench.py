@@ -31,12 +31,13 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from omerofs.catalog.local import LocalCatalog  # noqa: E402
+from omerofs.backends.local import local_importer  # noqa: E402
+from omerofs.backends.local.catalog import LocalCatalog  # noqa: E402
 from omerofs.config import init_repo, load_config  # noqa: E402
 from omerofs.fs.mount import wait_for_read_ahead  # noqa: E402
 from omerofs.identity import PermissionLevel  # noqa: E402
-from omerofs.ingest.importer import Importer, Target  # noqa: E402
-from omerofs.ingest.transfer import sha1_file  # noqa: E402
+from omerofs.imports.importer import Target  # noqa: E402
+from omerofs.imports.transfer import sha1_file  # noqa: E402
 
 MIB = 1 << 20
 COMPARE = "— (non-default, for comparison)"
@@ -177,7 +178,7 @@ class Bench:
         self.catalog = LocalCatalog(self.config.catalog_path, create=True)
         self.catalog.add_group("lab", PermissionLevel.READ_ONLY, 79001)
         self.catalog.add_experimenter("alice", 6001, default_group="lab")
-        self.importer = Importer(self.config, self.catalog)
+        self.importer = local_importer(self.config, self.catalog)
         self.owner, self.group = self.importer.resolve_identity("alice", None)
         self.results: list[Result] = []
         # cold reads of the big file vary most (the virtual disk gives ~1.1 or ~2.5 GB/s

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from omerofs.catalog.local import LocalCatalog  # noqa: E402
+from omerofs.backends.local.catalog import LocalCatalog  # noqa: E402
 from omerofs.config import init_repo  # noqa: E402
 from omerofs.identity import PermissionLevel  # noqa: E402
 from omerofs.shares import INGEST  # noqa: E402

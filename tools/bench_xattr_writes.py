@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.config import init_repo
 from omerofs.identity import PermissionLevel
 

@@ -6,7 +6,7 @@ backend (``local``) and the OMERO-server backend are interchangeable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from omerofs.identity import PermissionLevel
@@ -224,3 +224,16 @@ class Catalog(Protocol):
     def binary_access(self, group_id: int) -> BinaryAccess: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FilesetWithWarning(Fileset):
+    """An imported fileset whose import reported an error after its Images were
+    committed (e.g. thumbnails failed): it is there, and the user should hear why."""
+
+    warning: str = ""
+
+
+def with_warning(fileset: Fileset, warning: str) -> FilesetWithWarning:
+    values = {f.name: getattr(fileset, f.name) for f in fields(Fileset)}
+    return FilesetWithWarning(**values, warning=warning)

@@ -142,7 +142,7 @@ class IngestOperations(pyfuse3.Operations):
 
     def _show_as_writers(self, node: StagedNode, attr: pyfuse3.EntryAttributes) -> None:
         """A staged file sealed by an in-place import (the repository account's, no write
-        bit: ingest/transfer.py) is shown as its writer's (the owner of their
+        bit: imports/transfer.py) is shown as its writer's (the owner of their
         ``staging/<user>``) and owner-writable: the writer still reads it whatever their
         umask was, and a write reaches the service, which refuses it (EPERM) or gives
         them a copy of their own (a lingering ``*_rm`` name), instead of the kernel

@@ -261,8 +261,8 @@ def _serve_ingest(
     lock: DaemonLock,
 ) -> None:
     from omerofs.fs.ingest_ops import IngestOperations
+    from omerofs.imports.writers import ignore_lease_breaks
     from omerofs.ingest.service import IngestService
-    from omerofs.ingest.writers import ignore_lease_breaks
 
     for directory in private_dirs(config):
         _log_changes(secure_dir(directory))

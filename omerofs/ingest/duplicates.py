@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omerofs.catalog.protocol import Catalog
-from omerofs.ingest import transfer
+from omerofs.imports import transfer
 from omerofs.ingest.paths import FilesetKey
 from omerofs.ingest.queue import Job, JobQueue, Manifest
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 
-from omerofs.catalog.omero.handoff import ImportOutcomeUnknown
-from omerofs.errors import CatalogUnavailable, ImportFailed
+from omerofs.errors import CatalogUnavailable, ImportFailed, ImportOutcomeUnknown
 
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN})
 # Said by writers that keep only the message of the OSError they met.

@@ -30,15 +30,16 @@ from pathlib import Path
 import trio
 from sortedcontainers import SortedSet
 
-from omerofs.catalog.omero.handoff import FilesetWithWarning
-from omerofs.catalog.protocol import Fileset
+from omerofs.catalog.protocol import Fileset, FilesetWithWarning
 from omerofs.config import RepoConfig
 from omerofs.errors import Busy, Frozen, OmerofsError, UsageError
-from omerofs.ingest import reports, transfer
+from omerofs.imports import transfer
+from omerofs.imports.filesets import SourceFileset, plan_fileset
+from omerofs.imports.importer import Importer, ImportHooks, Target
+from omerofs.imports.writers import open_for_writing
+from omerofs.ingest import reports
 from omerofs.ingest.duplicates import earlier_copy
 from omerofs.ingest.failures import is_outcome_unknown, is_transient
-from omerofs.ingest.filesets import SourceFileset, plan_fileset
-from omerofs.ingest.importer import Importer, ImportHooks, Target
 from omerofs.ingest.live import PUBLISH_EVERY, LiveFilesets, LiveState
 from omerofs.ingest.paths import (
     FilesetKey,
@@ -52,7 +53,6 @@ from omerofs.ingest.queue import Job, JobQueue, Manifest
 from omerofs.ingest.settings import IngestRules
 from omerofs.ingest.staged import StagedFilesets
 from omerofs.ingest.tracker import CloseTracker
-from omerofs.ingest.writers import open_for_writing
 from omerofs.template import sanitize_name
 
 log = logging.getLogger(__name__)
@@ -573,7 +573,7 @@ class IngestService:
 
     def _still_written(self, key: FilesetKey, manifest: Manifest) -> bool:
         """Is a file of the fileset open for writing through a handle the tracker does
-        not count (opened before a daemon restart: see ingest/writers.py)?"""
+        not count (opened before a daemon restart: see imports/writers.py)?"""
         busy = next((p for p in manifest if open_for_writing(self.staging / p)), None)
         if busy is None:
             self._unknown_writers.discard(key.root)

@@ -20,31 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-from omerofs.catalog.protocol import Fileset
-from omerofs.errors import ImportFailed
+from omerofs.catalog.protocol import FilesetWithWarning, with_warning
+from omerofs.errors import ImportFailed, ImportOutcomeUnknown
+
+__all__ = ["FilesetWithWarning", "ImportOutcomeUnknown", "settle_failed_handoff", "with_warning"]
 
 log = logging.getLogger(__name__)
-
-
-class ImportOutcomeUnknown(ImportFailed):
-    """The server took the import over and could not be asked how it ended: nothing was
-    removed, and it must not be retried blindly (it may have landed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FilesetWithWarning(Fileset):
-    """An imported fileset whose import reported an error after its Images were
-    committed (e.g. thumbnails failed): it is there, and the user should hear why."""
-
-    warning: str = ""
-
-
-def with_warning(fileset: Fileset, warning: str) -> FilesetWithWarning:
-    values = {f.name: getattr(fileset, f.name) for f in fields(Fileset)}
-    return FilesetWithWarning(**values, warning=warning)
 
 
 def settle_failed_handoff(

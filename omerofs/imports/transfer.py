@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omerofs.errors import ChecksumMismatch, ImportFailed, UsageError
-from omerofs.ingest.writers import ignore_lease_breaks, open_for_writing
+from omerofs.imports.writers import ignore_lease_breaks, open_for_writing
 
 CHUNK = 4 << 20
 COPY_CHUNK = 64 << 20  # bytes per copy_file_range call (a progress step)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from omero.rtypes import unwrap
 
-from omerofs.catalog.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.catalog import OmeroCatalog
 from omerofs.config import RepoConfig
 from omerofs.errors import OmerofsError
 

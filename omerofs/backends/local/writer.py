@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from omerofs.catalog.local import LocalCatalog
+from omerofs.backends.local.catalog import LocalCatalog
 from omerofs.catalog.protocol import (
     Experimenter,
     Fileset,
@@ -32,9 +32,9 @@ from omerofs.config import RepoConfig
 from omerofs.errors import ImportFailed, UnknownFormat, UsageError
 from omerofs.formats import group_files, is_plate, looks_like_image, read_images
 from omerofs.formats import mimetype as format_mimetype
-from omerofs.ingest import transfer
-from omerofs.ingest.filesets import SourceFileset
-from omerofs.ingest.importer import ImportHooks, Target
+from omerofs.imports import transfer
+from omerofs.imports.filesets import SourceFileset
+from omerofs.imports.importer import ImportHooks, Target
 from omerofs.ownership import secure_dir
 from omerofs.pids import alive
 from omerofs.template import TemplateContext, expand, resolve_increment

@@ -42,21 +42,21 @@ from omero.model import (
 from omero.rtypes import rbool, rstring, unwrap
 from omero_version import omero_version
 
-from omerofs.catalog.omero import checksums, records
-from omerofs.catalog.omero.catalog import OmeroCatalog
-from omerofs.catalog.omero.handoff import (
+from omerofs.backends.omero import checksums, records
+from omerofs.backends.omero.catalog import OmeroCatalog
+from omerofs.backends.omero.handoff import (
     ImportOutcomeUnknown,
     settle_failed_handoff,
     with_warning,
 )
-from omerofs.catalog.omero.session import ALL_GROUPS, translate
+from omerofs.backends.omero.session import ALL_GROUPS, translate
 from omerofs.catalog.protocol import Experimenter, Fileset, Group
 from omerofs.catalog.sqlite import Database
 from omerofs.errors import CatalogUnavailable, ImportFailed, OmerofsError, UsageError
 from omerofs.formats import is_plate
-from omerofs.ingest import transfer
-from omerofs.ingest.filesets import SourceFileset
-from omerofs.ingest.importer import ImportHooks, Target
+from omerofs.imports import transfer
+from omerofs.imports.filesets import SourceFileset
+from omerofs.imports.importer import ImportHooks, Target
 
 log = logging.getLogger(__name__)
 UPLOAD_BLOCK = 1024 * 1024

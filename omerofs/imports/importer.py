@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from omerofs.catalog.local import LocalCatalog
 from omerofs.catalog.protocol import Catalog, Experimenter, Fileset, Group
 from omerofs.config import RepoConfig
 from omerofs.errors import AccessDenied, OmerofsError, UsageError
-from omerofs.ingest import transfer
-from omerofs.ingest.filesets import SourceFileset, plan_fileset, plan_filesets
-from omerofs.ingest.transfer import ByteCounter
+from omerofs.imports import transfer
+from omerofs.imports.filesets import SourceFileset, plan_fileset, plan_filesets
+from omerofs.imports.transfer import ByteCounter
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +146,11 @@ class Importer:
     """The import rules every backend shares: who may import as whom, sources never taken
     from the repository itself, and ``*_rm`` sources removed only after a verified import
     and only when unchanged since they were hashed. The writer does the rest: the one
-    ``backend.open_backend`` chose, or for an embedded catalog its ``LocalWriter``."""
+    ``backend.open_backend`` chose (these rules know no backend)."""
 
-    def __init__(
-        self, config: RepoConfig, catalog: Catalog, writer: RepositoryWriter | None = None
-    ) -> None:
+    def __init__(self, config: RepoConfig, catalog: Catalog, writer: RepositoryWriter) -> None:
         self.config = config
         self.catalog = catalog
-        if writer is None:
-            from omerofs.ingest.local_writer import LocalWriter
-
-            assert isinstance(catalog, LocalCatalog)
-            writer = LocalWriter(config, catalog)
         self.writer = writer
 
     # -- who imports -----------------------------------------------------------------

@@ -24,7 +24,7 @@ import omero
 import omero.clients  # noqa: F401  (registers the model types)
 from omero.rtypes import unwrap
 
-from omerofs.catalog.omero.settings import OmeroSettings
+from omerofs.backends.omero.settings import OmeroSettings
 from omerofs.errors import AccessDenied, CatalogUnavailable, OmerofsError, UsageError
 
 log = logging.getLogger(__name__)

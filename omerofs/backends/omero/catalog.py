@@ -25,10 +25,10 @@ from typing import Any
 import omero
 from omero.rtypes import rlist, rlong, rstring
 
-from omerofs.catalog.omero import records
-from omerofs.catalog.omero.cache import CatalogCache
-from omerofs.catalog.omero.session import ALL_GROUPS, ServerConnection
-from omerofs.catalog.omero.settings import OmeroSettings
+from omerofs.backends.omero import records
+from omerofs.backends.omero.cache import CatalogCache
+from omerofs.backends.omero.session import ALL_GROUPS, ServerConnection
+from omerofs.backends.omero.settings import OmeroSettings
 from omerofs.catalog.protocol import (
     Changes,
     Container,

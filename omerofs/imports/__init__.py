@@ -1,0 +1,1 @@
+"""The import rules and transfers every backend shares; they know no backend."""
