@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import grp
 import json
@@ -12,7 +13,7 @@ import math
 import os
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -71,6 +72,17 @@ def _open_reader(config: RepoConfig) -> Catalog:
     if config.omero is None:
         return LocalCatalog(config.catalog_path, readonly=True)
     return _open_backend_of(config).catalog
+
+
+@contextlib.contextmanager
+def _reader(args: argparse.Namespace) -> Iterator[tuple[RepoConfig, Catalog]]:
+    """The repository's config and a read-only catalog, closed afterwards."""
+    config = load_config(_repo(args))
+    catalog = _open_reader(config)
+    try:
+        yield config, catalog
+    finally:
+        catalog.close()
 
 
 def _open_backend_of(config: RepoConfig) -> Backend:
@@ -424,12 +436,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_notify_test(args: argparse.Namespace) -> int:
     from omerofs.notify import send_test
 
-    config = load_config(_repo(args))
-    catalog = _open_reader(config)
-    try:
+    with _reader(args) as (config, catalog):
         lines = send_test(config, catalog, args.user)
-    finally:
-        catalog.close()
     for line in lines:
         print(line)
     return 0
@@ -438,12 +446,8 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
 def cmd_notify_email(args: argparse.Namespace) -> int:
     from omerofs.notify import set_email_preference
 
-    config = load_config(_repo(args))
-    catalog = _open_reader(config)
-    try:
+    with _reader(args) as (config, catalog):
         set_email_preference(config, catalog, args.user, args.level)
-    finally:
-        catalog.close()
     what = {
         "all": "failures at once and success digests",
         "failures": "failures only (no success digests)",
@@ -501,9 +505,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
 def cmd_shares_smb_conf(args: argparse.Namespace) -> int:
     from omerofs.shares import smb_conf
 
-    config = load_config(_repo(args))
-    catalog = _open_reader(config)
-    try:
+    with _reader(args) as (config, catalog):
         print(
             smb_conf(
                 config,
@@ -514,8 +516,6 @@ def cmd_shares_smb_conf(args: argparse.Namespace) -> int:
             ),
             end="",
         )
-    finally:
-        catalog.close()
     return 0
 
 
@@ -593,12 +593,8 @@ def _snapshot(catalog: Catalog, with_filesets: bool) -> Snapshot:
 
 
 def _read_snapshot(args: argparse.Namespace, with_filesets: bool) -> tuple[RepoConfig, Snapshot]:
-    config = load_config(_repo(args))
-    catalog = _open_reader(config)
-    try:
+    with _reader(args) as (config, catalog):
         return config, _snapshot(catalog, with_filesets)
-    finally:
-        catalog.close()
 
 
 def _name(table: dict, key: int | None) -> str:
@@ -740,9 +736,7 @@ def _fileset_info(args: argparse.Namespace) -> dict:
     """One fileset, named by its id or by a path in a mount or the ManagedRepository."""
     from omerofs.fs import locate
 
-    config = load_config(_repo(args))
-    catalog = _open_reader(config)
-    try:
+    with _reader(args) as (config, catalog):
         snap = catalog.snapshot_people()
         where: dict = {}
         if args.target.isdigit():
@@ -760,8 +754,6 @@ def _fileset_info(args: argparse.Namespace) -> dict:
             raise UsageError(f"fileset {fs.id} is malformed in the catalog: {problem}")
         images = getattr(catalog, "images_of", None)  # the embedded catalog keeps them
         return where | _describe_fileset(fs, snap, images(fs.id) if images else None)
-    finally:
-        catalog.close()
 
 
 def _describe_fileset(fs: Fileset, snap: Snapshot, images: list | None) -> dict:

@@ -18,6 +18,8 @@ from typing import Any
 from omerofs.catalog.sqlite import Database
 from omerofs.config import RepoConfig
 from omerofs.errors import NotFound, UsageError
+from omerofs.pids import alive
+from omerofs.progress import human_bytes
 
 REPORT_VERSION = 1
 STATE_COLUMNS = ("queued", "retrying", "incomplete", "importing", "imported", "failed")
@@ -145,7 +147,7 @@ def _live(db: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT root, user, is_dir, state, since, deadline, files, bytes, pid "
         "FROM ingest_live ORDER BY since, root"
     ):
-        if not _running(pid):
+        if not alive(pid):
             continue
         out.append(
             {
@@ -159,16 +161,6 @@ def _live(db: sqlite3.Connection) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _public(job: dict) -> dict[str, Any]:
@@ -254,15 +246,6 @@ def daemons(config: RepoConfig) -> list[dict[str, Any]]:
         }
         for d in found
     ]
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def render(rep: dict[str, Any]) -> str:

@@ -129,6 +129,34 @@ def run_cli(
     return result
 
 
+def run_cli_on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """``omerofs ARGS`` with stderr on a pty (what a person sees) and stdout piped:
+    (exit code, stdout, everything written to the terminal)."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omerofs.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    seen = b""
+    while select.select([leader], [], [], 60)[0]:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed its terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    return proc.returncode, out, seen.decode(errors="replace")
+
+
 def as_user(uid: int, cmd: list[str], gid: int | None = None) -> list[str]:
     gid = uid if gid is None else gid
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd]

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +17,7 @@ from omerofs.config import load_config
 from omerofs.daemon_lock import DaemonLock
 from omerofs.ingest.paths import FilesetKey
 from omerofs.ingest.queue import JobQueue
-from tests.conftest import make_tiff, needs_fuse, needs_root, run_cli
+from tests.conftest import make_tiff, needs_fuse, needs_root, run_cli, run_cli_on_a_terminal
 
 ROWS = [
     "config",
@@ -195,30 +191,9 @@ def test_not_a_repository_is_one_line(world_dir: Path) -> None:
 
 def test_deep_shows_progress_on_a_terminal(built: Path) -> None:
     """stderr a pty: a live line redrawn with carriage returns; stdout still the table."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omerofs.cli", "-r", str(built), "check", "--deep"],
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        text=True,
-    )
-    os.close(follower)
-    seen = b""
-    while True:
-        ready, _, _ = select.select([leader], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out, _ = proc.communicate(timeout=60)
-    os.close(leader)
-    assert proc.returncode == 0, out
-    assert b"\rhashing 1: " in seen and b"of 3 files" in seen
+    code, out, seen = run_cli_on_a_terminal("-r", str(built), "check", "--deep")
+    assert code == 0, out
+    assert "\rhashing 1: " in seen and "of 3 files" in seen
     assert "PASS    checksums" in out and "\r" not in out
 
 

@@ -4,17 +4,12 @@ stdout keeps the results either way."""
 
 from __future__ import annotations
 
-import os
-import pty
-import select
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from omerofs.progress import Progress
-from tests.conftest import make_tiff, run_cli
+from tests.conftest import make_tiff, run_cli, run_cli_on_a_terminal
 
 
 @pytest.fixture
@@ -58,28 +53,10 @@ def test_nothing_extra_by_default_off_a_terminal(repo_and_sources) -> None:
 
 def test_a_live_line_on_a_terminal(repo_and_sources) -> None:
     root, run = repo_and_sources
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omerofs.cli", "-r", str(root), "import", "--user", "alice",
-         str(run)],
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        text=True,
-    )  # fmt: skip
-    os.close(follower)
-    seen = b""
-    while select.select([leader], [], [], 60)[0]:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed its terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out, _ = proc.communicate(timeout=60)
-    os.close(leader)
-    assert proc.returncode == 0, seen
-    text = seen.decode()
+    code, out, text = run_cli_on_a_terminal(
+        "-r", str(root), "import", "--user", "alice", str(run)
+    )
+    assert code == 0, text
     for i in range(3):
         assert f"\rimporting {i + 1}: t{i}.tif | " in text
     assert "of 3 files" in text and "/s" in text
